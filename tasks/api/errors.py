@@ -1,0 +1,41 @@
+"""Every API error is JSON: {"error": "<what went wrong>", ...details}."""
+
+from typing import Any
+
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Conflict(APIException):
+    """The task's state does not allow the transition; the body names its status."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+    def __init__(self, detail: str, *, task_status: str) -> None:
+        super().__init__(detail)
+        self.extra = {"status": task_status}
+
+
+def error_body(message: str, **details: Any) -> dict[str, Any]:
+    return {"error": message, **{k: v for k, v in details.items() if v is not None}}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # not an API error: Django's handler500 answers, and the error is logged
+    if isinstance(exc, ValidationError):
+        detail = response.data
+        if isinstance(detail, dict) and "error" in detail:
+            return response
+        response.data = error_body("invalid request", fields=detail if isinstance(detail, dict) else None)
+        if isinstance(detail, list):
+            response.data["detail"] = detail
+        return response
+    message = exc.detail if isinstance(exc, APIException) else str(exc)
+    extra = getattr(exc, "extra", None) or {}
+    response.data = error_body(str(message), **extra)
+    return response

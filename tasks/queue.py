@@ -1,0 +1,288 @@
+"""The database as the queue: the statements a worker runs to claim, finish and hand back tasks.
+
+Every function runs on the calling thread's Django connection. Timestamps come from the
+worker's clock (one code path for PostgreSQL and SQLite); hosts are expected to run NTP,
+and leases are tens of seconds, so skew of a second does not matter.
+"""
+
+import datetime
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tasks.models import Task, TaskStatus
+
+NOTIFY_CHANNEL = "taskflow_tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task this worker holds the lease of; `attempt` is the fencing token."""
+
+    id: uuid.UUID
+    type: str
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    queue: str
+
+
+def _db_id(task_id: uuid.UUID) -> Any:
+    return Task._meta.pk.get_db_prep_value(task_id, connection)
+
+
+def _db_time(value: datetime.datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def _as_json(value: Any) -> Any:
+    # Django loads jsonb as text on purpose (JSONField decodes it); so does SQLite.
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+# The claim, served by task_ready_idx (models.py). On PostgreSQL, SKIP LOCKED lets any
+# number of workers claim at once without waiting on each other or taking the same row;
+# on SQLite the IMMEDIATE transaction (settings.py) serialises claims instead.
+_CLAIM_SQL = """
+UPDATE tasks_task
+SET status = 'running', attempts = attempts + 1, worker_id = %s,
+    lease_expires_at = %s, started_at = %s, updated_at = %s, finished_at = NULL
+WHERE id IN (
+    SELECT id FROM tasks_task
+    WHERE status = 'pending' AND run_after <= %s {queue_filter}
+    ORDER BY priority DESC, run_after, created_at
+    LIMIT %s {lock}
+)
+RETURNING id, type, payload, attempts, max_attempts, queue, priority
+"""
+
+
+def claim_ready_tasks(
+    *, worker_id: str, limit: int, queues: Sequence[str] = (), lease_seconds: float
+) -> list[ClaimedTask]:
+    """Claim up to `limit` ready tasks in one statement, highest priority first."""
+    now = timezone.now()
+    queue_filter = f"AND queue IN ({', '.join(['%s'] * len(queues))})" if queues else ""
+    lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    sql = _CLAIM_SQL.format(queue_filter=queue_filter, lock=lock)
+    lease = _db_time(now + datetime.timedelta(seconds=lease_seconds))
+    params = [
+        worker_id,
+        lease,
+        _db_time(now),
+        _db_time(now),
+        _db_time(now),
+        *queues,
+        limit,
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    # RETURNING gives rows in no set order; threads should still start the highest priority first.
+    rows.sort(key=lambda row: -row[6])
+    return [
+        ClaimedTask(
+            id=_as_uuid(id_),
+            type=type_,
+            payload=_as_json(payload),
+            attempt=attempts,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        for id_, type_, payload, attempts, max_attempts, queue, _priority in rows
+    ]
+
+
+_COMPLETE_SQL_POSTGRES = """
+UPDATE tasks_task AS t
+SET status = 'done', result = d.result::jsonb, finished_at = %s, updated_at = %s, lease_expires_at = NULL
+FROM unnest(%s::uuid[], %s::integer[], %s::text[]) AS d(id, attempt, result)
+WHERE t.id = d.id AND t.attempts = d.attempt AND t.worker_id = %s AND t.status = 'running'
+RETURNING t.id
+"""
+
+_COMPLETE_SQL_SQLITE = """
+UPDATE tasks_task
+SET status = 'done', result = %s, finished_at = %s, updated_at = %s, lease_expires_at = NULL
+WHERE id = %s AND attempts = %s AND worker_id = %s AND status = 'running'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    task: ClaimedTask
+    result_json: str | None  # already encoded, so a bad result fails in the handler thread
+    duration_ms: float
+
+
+def complete_tasks(*, worker_id: str, successes: Sequence[Success]) -> set[uuid.UUID]:
+    """Record `done` for a batch in one transaction; returns the ids this worker still held.
+
+    Fenced: a row whose lease was taken over (status, holder or attempt changed) is left alone.
+    """
+    if not successes:
+        return set()
+    now = _db_time(timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                _COMPLETE_SQL_POSTGRES,
+                [
+                    now,
+                    now,
+                    [s.task.id for s in successes],
+                    [s.task.attempt for s in successes],
+                    [s.result_json for s in successes],
+                    worker_id,
+                ],
+            )
+            return {_as_uuid(row[0]) for row in cursor.fetchall()}
+        completed = set()
+        for s in successes:
+            cursor.execute(
+                _COMPLETE_SQL_SQLITE,
+                [s.result_json, now, now, _db_id(s.task.id), s.task.attempt, worker_id],
+            )
+            if cursor.rowcount:
+                completed.add(s.task.id)
+        return completed
+
+
+def retry_delay(attempt: int) -> datetime.timedelta:
+    """Exponential backoff with equal jitter: half fixed, half random, capped."""
+    config = settings.TASKFLOW
+    ceiling = min(
+        config["RETRY_BACKOFF_MAX_SECONDS"],
+        config["RETRY_BACKOFF_BASE_SECONDS"] * 2 ** (attempt - 1),
+    )
+    return datetime.timedelta(seconds=ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - not crypto
+
+
+def error_entry(*, attempt: int, exc_type: str, message: str, traceback: str, worker_id: str | None) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "at": timezone.now().isoformat().replace("+00:00", "Z"),
+        "type": exc_type,
+        "message": message,
+        "traceback": traceback,
+        "worker_id": worker_id,
+    }
+
+
+def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], permanent: bool) -> TaskStatus | None:
+    """Record a failed attempt: back to `pending` after a backoff, or `failed` when out of attempts.
+
+    Returns the new status, or None when the lease was lost (fenced: nothing written).
+    """
+    with transaction.atomic():
+        row = (
+            Task.objects.select_for_update()
+            .filter(
+                id=task.id,
+                attempts=task.attempt,
+                worker_id=worker_id,
+                status=TaskStatus.RUNNING,
+            )
+            .first()
+        )
+        if row is None:
+            return None
+        _apply_failure(row, entry, permanent=permanent)
+        return TaskStatus(row.status)
+
+
+def _apply_failure(row: Task, entry: dict[str, Any], *, permanent: bool) -> None:
+    now = timezone.now()
+    row.errors = [*row.errors, entry]
+    row.error = f"{entry['type']}: {entry['message']}"
+    row.lease_expires_at = None
+    row.updated_at = now
+    if permanent or row.cancel_requested or row.attempts >= row.max_attempts:
+        row.status = TaskStatus.FAILED
+        row.finished_at = now
+    else:
+        row.status = TaskStatus.PENDING
+        row.run_after = now + retry_delay(row.attempts)
+    row.save(
+        update_fields=[
+            "errors",
+            "error",
+            "lease_expires_at",
+            "updated_at",
+            "status",
+            "finished_at",
+            "run_after",
+        ]
+    )
+
+
+def extend_leases(*, worker_id: str, task_ids: Iterable[uuid.UUID], lease_seconds: float) -> int:
+    """Push back the lease of the tasks this worker is still running (the heartbeat)."""
+    ids = list(task_ids)
+    if not ids:
+        return 0
+    now = timezone.now()
+    return Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING).update(
+        lease_expires_at=now + datetime.timedelta(seconds=lease_seconds), updated_at=now
+    )
+
+
+LEASE_RECOVERY_BATCH = 100  # tasks per transaction
+
+
+def recover_expired_leases(*, limit: int = LEASE_RECOVERY_BATCH) -> list[Task]:
+    """Give tasks whose worker vanished back to `pending` (attempt counted), or `failed` when out of attempts."""
+    with transaction.atomic():
+        rows = list(
+            Task.objects.lease_expired().select_for_update(skip_locked=True).order_by("lease_expires_at")[:limit]
+        )
+        for row in rows:
+            entry = error_entry(
+                attempt=row.attempts,
+                exc_type="LeaseExpired",
+                message=f"worker {row.worker_id} stopped renewing its lease",
+                traceback="",
+                worker_id=row.worker_id,
+            )
+            _apply_failure(row, entry, permanent=False)
+            if row.status == TaskStatus.PENDING:
+                # The attempt was lost, not failed by the handler: try again straight away.
+                row.run_after = row.updated_at
+                row.save(update_fields=["run_after"])
+    return rows
+
+
+def release_tasks(*, worker_id: str, task_ids: Iterable[uuid.UUID]) -> int:
+    """Hand tasks this worker will not finish back to `pending`, the attempt uncounted."""
+    ids = list(task_ids)
+    if not ids:
+        return 0
+    now = timezone.now()
+    return Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING).update(
+        status=TaskStatus.PENDING,
+        attempts=F("attempts") - 1,
+        lease_expires_at=None,
+        run_after=now,
+        updated_at=now,
+    )
+
+
+def notify_enqueued(queues: Iterable[str]) -> None:
+    """Wake idle PostgreSQL workers; NOTIFY is transactional, so it fires when the enqueue commits."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for queue in set(queues):
+            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])

@@ -1,0 +1,483 @@
+"""The worker pool behind `manage.py runworkers`: one process, a dispatcher and N handler threads.
+
+The dispatcher (the thread that calls `run()`) is the only one that claims and completes:
+it claims up to the free capacity (threads plus a prefetch buffer) in one statement, hands
+task ids and payloads to the handler threads, and records their outcomes in batches. A
+heartbeat thread extends leases, registers the process and recovers tasks whose worker
+vanished; on PostgreSQL a listener thread wakes the dispatcher on NOTIFY.
+"""
+
+import collections
+import contextlib
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import psycopg
+import structlog
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from django.db.utils import InterfaceError
+from django.utils import timezone
+
+from tasks import queue as task_queue
+from tasks.handlers import PermanentError, TaskContext, _current_task, registry
+from tasks.models import TaskStatus, Worker
+from tasks.queue import ClaimedTask, Success
+
+log = structlog.get_logger("tasks.worker")
+
+DB_BACKOFF_INITIAL_SECONDS = 0.1
+DB_BACKOFF_MAX_SECONDS = 5.0
+LISTEN_TIMEOUT_SECONDS = 1.0  # how often the listener checks whether to stop
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    task: ClaimedTask
+    exc_type: str
+    message: str
+    traceback: str
+    permanent: bool
+    duration_ms: float
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        queues: Sequence[str] = (),
+        grace_seconds: float = 30.0,
+        prefetch: int | None = None,
+        lease_seconds: float | None = None,
+        poll_interval_seconds: float | None = None,
+    ) -> None:
+        config = settings.TASKFLOW
+        self.worker_id = new_worker_id()
+        self.concurrency = concurrency
+        self.queues = tuple(queues)
+        self.grace_seconds = grace_seconds
+        # Claiming ahead of the free threads amortises one claim over many tasks.
+        self.prefetch = concurrency * 4 if prefetch is None else prefetch
+        self.lease_seconds = lease_seconds or config["LEASE_SECONDS"]
+        self.heartbeat_seconds = self.lease_seconds / 3
+        self.poll_interval_seconds = poll_interval_seconds or config["POLL_INTERVAL_SECONDS"]
+        self.log = log.bind(worker_id=self.worker_id)
+
+        self._todo: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+        self._outcomes: collections.deque[Success | Failure] = collections.deque()
+        # Claimed and not yet recorded, by id: the tasks whose leases the heartbeat renews.
+        self._held: dict[uuid.UUID, ClaimedTask] = {}
+        self._started: set[uuid.UUID] = set()  # held tasks a handler thread has picked up
+        self._held_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._notified = False
+        self._stopping = threading.Event()
+        self._stop_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.processed_count = 0
+        self.failed_count = 0
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def stop(self, *, immediately: bool = False) -> None:
+        """Stop claiming; finish running tasks within the grace period (or not at all)."""
+        self._stopping.set()
+        if immediately:
+            self._stop_now.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        self._with_db_retry(self._register, "register")
+        self.log.info(
+            "worker_started",
+            concurrency=self.concurrency,
+            queues=list(self.queues) or "all",
+            prefetch=self.prefetch,
+            lease_seconds=self.lease_seconds,
+            database=connection.vendor,
+        )
+        for index in range(self.concurrency):
+            self._spawn(self._handler_loop, f"taskflow-handler-{index}")
+        self._spawn(self._heartbeat_loop, "taskflow-heartbeat")
+        if connection.vendor == "postgresql":
+            self._spawn(self._listen_loop, "taskflow-listener")
+        try:
+            self._dispatch_loop()
+            self._shut_down()
+        finally:
+            self._stopping.set()
+            self._stop_now.set()
+            for _ in range(self.concurrency):
+                self._todo.put(None)
+            close_old_connections()
+
+    def _spawn(self, target: "collections.abc.Callable[[], None]", name: str) -> None:
+        # Daemon threads: a handler stuck past the grace period must not keep the process alive.
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _register(self) -> None:
+        Worker.objects.update_or_create(
+            id=self.worker_id,
+            defaults={
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": list(self.queues),
+                "concurrency": self.concurrency,
+                "started_at": timezone.now(),
+                "last_heartbeat_at": timezone.now(),
+            },
+        )
+
+    # Dispatcher ------------------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        with self._held_lock:
+            return len(self._held)
+
+    def _dispatch_loop(self) -> None:
+        capacity = self.concurrency + self.prefetch
+        next_poll = 0.0
+        backoff = DB_BACKOFF_INITIAL_SECONDS
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self._flush_outcomes()
+                free = capacity - self._in_flight()
+                if free > 0 and (self._notified or time.monotonic() >= next_poll):
+                    self._notified = False
+                    claimed = self._claim(free)
+                    if len(claimed) < free:
+                        # Drained: wait for a NOTIFY or the next poll rather than asking again.
+                        next_poll = time.monotonic() + self.poll_interval_seconds
+                backoff = DB_BACKOFF_INITIAL_SECONDS
+            except (DatabaseError, InterfaceError, psycopg.Error) as exc:
+                self._database_unavailable(exc, backoff)
+                backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
+                continue
+            self._wake.wait(timeout=max(0.0, next_poll - time.monotonic()) or self.poll_interval_seconds)
+
+    def _claim(self, limit: int) -> list[ClaimedTask]:
+        claimed = task_queue.claim_ready_tasks(
+            worker_id=self.worker_id,
+            limit=limit,
+            queues=self.queues,
+            lease_seconds=self.lease_seconds,
+        )
+        with self._held_lock:
+            for task in claimed:
+                self._held[task.id] = task
+        for task in claimed:
+            self.log.info(
+                "task_claimed",
+                task_id=str(task.id),
+                type=task.type,
+                queue=task.queue,
+                attempt=task.attempt,
+            )
+            self._todo.put(task)
+        return claimed
+
+    def _flush_outcomes(self) -> None:
+        """Record finished tasks: successes in one statement, failures one by one."""
+        batch: list[Success | Failure] = []
+        while self._outcomes:
+            batch.append(self._outcomes.popleft())
+        if not batch:
+            return
+        try:
+            self._record(batch)
+        except BaseException:
+            # Nothing was committed (one transaction per statement): keep them for the next try.
+            self._outcomes.extendleft(reversed(batch))
+            raise
+
+    def _record(self, batch: list[Success | Failure]) -> None:
+        successes = [o for o in batch if isinstance(o, Success)]
+        completed = task_queue.complete_tasks(worker_id=self.worker_id, successes=successes)
+        for success in successes:
+            self._forget(success.task)
+            task = success.task
+            if task.id in completed:
+                self.processed_count += 1
+                self.log.info(
+                    "task_done",
+                    task_id=str(task.id),
+                    type=task.type,
+                    queue=task.queue,
+                    attempt=task.attempt,
+                    duration_ms=success.duration_ms,
+                )
+            else:
+                self._log_fenced(task)
+        for failure in (o for o in batch if isinstance(o, Failure)):
+            self._record_failure(failure)
+
+    def _record_failure(self, failure: Failure) -> None:
+        task = failure.task
+        entry = task_queue.error_entry(
+            attempt=task.attempt,
+            exc_type=failure.exc_type,
+            message=failure.message,
+            traceback=failure.traceback,
+            worker_id=self.worker_id,
+        )
+        status = task_queue.record_failure(
+            worker_id=self.worker_id,
+            task=task,
+            entry=entry,
+            permanent=failure.permanent,
+        )
+        self._forget(task)
+        if status is None:
+            self._log_fenced(task)
+            return
+        self.failed_count += 1
+        self.log.warning(
+            "task_failed" if status == TaskStatus.FAILED else "task_retry_scheduled",
+            task_id=str(task.id),
+            type=task.type,
+            queue=task.queue,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts,
+            duration_ms=failure.duration_ms,
+            error=f"{failure.exc_type}: {failure.message}",
+        )
+
+    def _log_fenced(self, task: ClaimedTask) -> None:
+        self.log.warning(
+            "task_completion_fenced",
+            task_id=str(task.id),
+            type=task.type,
+            attempt=task.attempt,
+            reason="lease lost: another worker or an operator changed the task",
+        )
+
+    def _forget(self, task: ClaimedTask) -> None:
+        with self._held_lock:
+            self._held.pop(task.id, None)
+            self._started.discard(task.id)
+
+    def _database_unavailable(self, exc: BaseException, backoff: float) -> None:
+        self.log.warning(
+            "database_unavailable",
+            error=str(exc).strip()[:500],
+            retry_in_seconds=backoff,
+        )
+        _drop_connection()
+        self._stopping.wait(backoff)
+
+    def _with_db_retry(self, action: "collections.abc.Callable[[], object]", what: str) -> None:
+        backoff = DB_BACKOFF_INITIAL_SECONDS
+        while True:
+            try:
+                action()
+                return
+            except (DatabaseError, InterfaceError) as exc:
+                if self._stop_now.is_set():
+                    raise
+                self.log.warning("database_unavailable", during=what, error=str(exc).strip()[:500])
+                _drop_connection()
+                self._stop_now.wait(backoff)
+                backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
+
+    # Handler threads -------------------------------------------------------------------
+
+    def _handler_loop(self) -> None:
+        while (task := self._todo.get()) is not None:
+            with self._held_lock:
+                if self._stopping.is_set() or task.id not in self._held:
+                    continue  # not started: _shut_down hands it back
+                self._started.add(task.id)
+            close_old_connections()
+            self._outcomes.append(self._run_handler(task))
+            close_old_connections()
+            self._wake.set()
+
+    def _run_handler(self, task: ClaimedTask) -> Success | Failure:
+        token = _current_task.set(
+            TaskContext(
+                task_id=str(task.id),
+                type=task.type,
+                attempt=task.attempt,
+                max_attempts=task.max_attempts,
+                queue=task.queue,
+            )
+        )
+        started = time.perf_counter()
+        try:
+            handler = registry.get(task.type)
+            if handler is None:
+                raise PermanentError(f"no handler for type {task.type!r}; known: {', '.join(registry.names())}")
+            bound = handler.bind(task.payload)
+            result = handler.func(*bound.args, **bound.kwargs)
+            try:
+                result_json = None if result is None else orjson.dumps(result).decode()
+            except TypeError as exc:
+                raise PermanentError(f"handler returned a value JSON cannot hold: {exc}") from None
+            return Success(task=task, result_json=result_json, duration_ms=_ms_since(started))
+        except Exception as exc:  # noqa: BLE001 - any handler error is the task's outcome
+            return Failure(
+                task=task,
+                exc_type=type(exc).__name__,
+                message=str(exc),
+                traceback=traceback.format_exc(),
+                permanent=isinstance(exc, PermanentError),
+                duration_ms=_ms_since(started),
+            )
+        finally:
+            _current_task.reset(token)
+
+    # Heartbeat and recovery ------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop_now.wait(self.heartbeat_seconds):
+            try:
+                self._heartbeat()
+            except (DatabaseError, InterfaceError) as exc:
+                self.log.warning("heartbeat_failed", error=str(exc).strip()[:500])
+                _drop_connection()
+            finally:
+                close_old_connections()
+
+    def _heartbeat(self) -> None:
+        with self._held_lock:
+            held = list(self._held)
+        task_queue.extend_leases(worker_id=self.worker_id, task_ids=held, lease_seconds=self.lease_seconds)
+        Worker.objects.filter(id=self.worker_id).update(
+            last_heartbeat_at=timezone.now(),
+            processed_count=self.processed_count,
+            failed_count=self.failed_count,
+        )
+        for task in task_queue.recover_expired_leases():
+            self.log.warning(
+                "task_lease_expired",
+                task_id=str(task.id),
+                type=task.type,
+                queue=task.queue,
+                attempt=task.attempts,
+                lost_worker_id=task.errors[-1]["worker_id"],
+                status=task.status,
+            )
+            if task.status == TaskStatus.PENDING:
+                self._notified = True
+                self._wake.set()
+
+    # Wake-ups (PostgreSQL) ---------------------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        conninfo = _conninfo()
+        backoff = DB_BACKOFF_INITIAL_SECONDS
+        while not self._stop_now.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as listener:
+                    listener.execute(f"LISTEN {task_queue.NOTIFY_CHANNEL}")
+                    backoff = DB_BACKOFF_INITIAL_SECONDS
+                    # A wake-up may have been missed while (re)connecting.
+                    self._notified = True
+                    self._wake.set()
+                    while not self._stop_now.is_set():
+                        for notify in listener.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
+                            if not self.queues or notify.payload in self.queues:
+                                self._notified = True
+                                self._wake.set()
+            except psycopg.Error as exc:
+                self.log.warning(
+                    "listener_disconnected",
+                    error=str(exc).strip()[:500],
+                    retry_in_seconds=backoff,
+                )
+                self._stop_now.wait(backoff)
+                backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
+
+    # Shutdown ----------------------------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        """Let running tasks finish within the grace period, then hand back what is left."""
+        self.log.info(
+            "worker_stopping",
+            grace_seconds=self.grace_seconds,
+            in_flight=self._in_flight(),
+        )
+        deadline = time.monotonic() + self.grace_seconds
+        self._release(started=False)  # claimed ahead, never started
+        while not self._stop_now.is_set() and time.monotonic() < deadline:
+            self._with_db_retry(self._flush_outcomes, "flush")
+            with self._held_lock:
+                if not self._started:
+                    break
+            self._wake.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wake.clear()
+        self._stop_now.set()
+        self._with_db_retry(self._flush_outcomes, "flush")
+        released = self._release(started=True)
+        self._with_db_retry(
+            lambda: Worker.objects.filter(id=self.worker_id).update(
+                stopped_at=timezone.now(),
+                last_heartbeat_at=timezone.now(),
+                processed_count=self.processed_count,
+                failed_count=self.failed_count,
+            ),
+            "unregister",
+        )
+        self.log.info(
+            "worker_stopped",
+            processed=self.processed_count,
+            failed=self.failed_count,
+            released_running=released,
+        )
+
+    def _release(self, *, started: bool) -> int:
+        with self._held_lock:
+            ids = [i for i in self._held if (i in self._started) == started]
+        if not ids:
+            return 0
+        count = 0
+
+        def release() -> None:
+            nonlocal count
+            count = task_queue.release_tasks(worker_id=self.worker_id, task_ids=ids)
+
+        self._with_db_retry(release, "release")
+        with self._held_lock:
+            for task_id in ids:
+                self._held.pop(task_id, None)
+                self._started.discard(task_id)
+        for task_id in ids:
+            self.log.info("task_released", task_id=str(task_id), started=started)
+        return count
+
+
+def _drop_connection() -> None:
+    """Forget this thread's broken connection; Django opens a new one on next use."""
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _conninfo() -> str:
+    """A libpq connection string for the listener, from Django's own database settings."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    params.pop("server_side_binding", None)
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})
