@@ -42,10 +42,10 @@ lint: $(BIN)/.installed
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 test-sqlite: $(BIN)/.installed
-	TEST_DATABASE=sqlite $(BIN)/pytest
+	DB_DSN=sqlite:///$(CURDIR)/var/taskflow-test.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
 
 test-postgres: $(BIN)/.installed
-	TEST_DATABASE=postgres TEST_DB_DSN=$(TEST_DB_DSN) $(BIN)/pytest
+	DB_DSN=$(TEST_DB_DSN) $(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint test-sqlite test-postgres
 

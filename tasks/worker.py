@@ -123,7 +123,7 @@ class WorkerPool:
             self._stop_now.set()
             for _ in range(self.concurrency):
                 self._todo.put(None)
-            close_old_connections()
+            _drop_connection()
 
     def _spawn(self, target: "collections.abc.Callable[[], None]", name: str) -> None:
         # Daemon threads: a handler stuck past the grace period must not keep the process alive.
@@ -299,6 +299,12 @@ class WorkerPool:
     # Handler threads -------------------------------------------------------------------
 
     def _handler_loop(self) -> None:
+        try:
+            self._run_handlers()
+        finally:
+            _drop_connection()
+
+    def _run_handlers(self) -> None:
         while (task := self._todo.get()) is not None:
             with self._held_lock:
                 if self._stopping.is_set() or task.id not in self._held:
@@ -346,6 +352,12 @@ class WorkerPool:
     # Heartbeat and recovery ------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        try:
+            self._beat_until_stopped()
+        finally:
+            _drop_connection()
+
+    def _beat_until_stopped(self) -> None:
         while not self._stop_now.wait(self.heartbeat_seconds):
             try:
                 self._heartbeat()
