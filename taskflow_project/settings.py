@@ -132,7 +132,7 @@ if PRODUCTION:
 
 # Email: console backend in development, EMAIL_URL (smtp://user:pass@host:587) otherwise.
 # django-environ parses the URL into the old EMAIL_* names, which Django 6.1 replaced with MAILERS.
-_email = env.email_url("EMAIL_URL", default="consolemail://")
+_email = environ.Env.email_url_config(env.str("EMAIL_URL", default="") or "consolemail://")
 _smtp_options = {
     "host": _email.get("EMAIL_HOST"),
     "port": _email.get("EMAIL_PORT"),
@@ -179,10 +179,15 @@ TASKFLOW = {
     "MAX_BATCH": env.int("TASKFLOW_MAX_BATCH", default=1000),  # tasks per POST /tasks
     "DEFAULT_MAX_ATTEMPTS": env.int("TASKFLOW_MAX_ATTEMPTS", default=3),
     "LEASE_SECONDS": env.float("TASKFLOW_LEASE_SECONDS", default=30.0),
-    "POLL_INTERVAL_SECONDS": env.float("TASKFLOW_POLL_INTERVAL", default=1.0),
+    # PostgreSQL workers are woken by NOTIFY and poll only as a fallback (and for run_after);
+    # SQLite has no NOTIFY, so polling is how a new task is found.
+    "POLL_INTERVAL_SECONDS": env.float(
+        "TASKFLOW_POLL_INTERVAL", default=1.0 if _db["ENGINE"].endswith("postgresql") else 0.2
+    ),
     "RETRY_BACKOFF_BASE_SECONDS": env.float("TASKFLOW_RETRY_BACKOFF_BASE", default=2.0),
     "RETRY_BACKOFF_MAX_SECONDS": env.float("TASKFLOW_RETRY_BACKOFF_MAX", default=3600.0),
-    "HANDLERS": env.dict("TASKFLOW_HANDLERS", default={}),  # type name -> dotted path
+    # type name -> dotted path, "resize=app.jobs.resize,report=app.jobs.report"; empty is none.
+    "HANDLERS": env.dict("TASKFLOW_HANDLERS", default={}) if env.str("TASKFLOW_HANDLERS", default="") else {},
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
