@@ -65,7 +65,7 @@ WHERE id IN (
     ORDER BY priority DESC, run_after, created_at
     LIMIT %s {lock}
 )
-RETURNING id, type, payload, attempts, max_attempts, queue, priority
+RETURNING id, type, payload, attempts, max_attempts, queue, priority, run_after, created_at
 """
 
 
@@ -91,7 +91,7 @@ def claim_ready_tasks(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     # RETURNING gives rows in no set order; threads should still start the highest priority first.
-    rows.sort(key=lambda row: -row[6])
+    rows.sort(key=lambda row: (-row[6], row[7], row[8]))
     return [
         ClaimedTask(
             id=_as_uuid(id_),
@@ -101,7 +101,7 @@ def claim_ready_tasks(
             max_attempts=max_attempts,
             queue=queue,
         )
-        for id_, type_, payload, attempts, max_attempts, queue, _priority in rows
+        for id_, type_, payload, attempts, max_attempts, queue, *_order in rows
     ]
 
 

@@ -50,6 +50,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """The test database, plus the side-effects table of tests/handlers.py (not a model: never flushed)."""
+    from tests.handlers import SIDE_EFFECTS_TABLE_SQL
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(SIDE_EFFECTS_TABLE_SQL)
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

@@ -6,10 +6,16 @@ from typing import Any
 from django.db import connection, transaction
 
 
+SIDE_EFFECTS_TABLE_SQL = "CREATE TABLE IF NOT EXISTS test_side_effects (key varchar(100) PRIMARY KEY, n integer)"
+
+
 def _bump(key: str) -> int:
-    """Count a side effect in its own table row, committed at once: proof a handler ran."""
+    """Count a side effect in its own table row, committed at once: proof a handler ran.
+
+    The table is created once per test database (conftest's django_db_setup), not here:
+    concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL.
+    """
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS test_side_effects (key varchar(100) PRIMARY KEY, n integer)")
         cursor.execute(
             "INSERT INTO test_side_effects (key, n) VALUES (%s, 1)"
             " ON CONFLICT (key) DO UPDATE SET n = test_side_effects.n + 1",
@@ -21,7 +27,6 @@ def _bump(key: str) -> int:
 
 def side_effects(key_prefix: str = "") -> dict[str, int]:
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS test_side_effects (key varchar(100) PRIMARY KEY, n integer)")
         cursor.execute("SELECT key, n FROM test_side_effects WHERE key LIKE %s", [key_prefix + "%"])
         return {key: n for key, n in cursor.fetchall()}
 
