@@ -5,7 +5,6 @@ from typing import Any
 
 from django.db import connection, transaction
 
-
 SIDE_EFFECTS_TABLE_SQL = "CREATE TABLE IF NOT EXISTS test_side_effects (key varchar(100) PRIMARY KEY, n integer)"
 
 
