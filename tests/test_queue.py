@@ -19,7 +19,7 @@ def _claim(worker_id: str = WORKER_A, limit: int = 10, **kwargs) -> list[queue.C
     return queue.claim_ready_tasks(worker_id=worker_id, limit=limit, lease_seconds=30, **kwargs)
 
 
-def _entry(task: queue.ClaimedTask, worker_id: str = WORKER_A) -> dict:
+def _entry(task: queue.ClaimedTask, worker_id: str = WORKER_A) -> dict[str, object]:
     return queue.error_entry(
         attempt=task.attempt, exc_type="RuntimeError", message="boom", traceback="Traceback...", worker_id=worker_id
     )
