@@ -31,8 +31,10 @@ def decode_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
         created_at = datetime.datetime.fromisoformat(created)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(task_id)
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        # In UTC now, so a forged offset that overflows (0001-01-01T00:00+05:00) fails here,
+        # not in the database adapter.
+        return created_at.astimezone(datetime.UTC), uuid.UUID(task_id)
+    except (ValueError, OverflowError) as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidCursor("cursor is not one this API gave out") from exc
 
 

@@ -29,7 +29,7 @@ class LimitedJSONParser(BaseParser):
         too_large = RequestTooLarge(f"request body is larger than {limit} bytes")
         request = (parser_context or {}).get("request")
         declared = request.META.get("CONTENT_LENGTH") if request is not None else None
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size = [], 0
         while chunk := stream.read(READ_CHUNK_BYTES):

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from tasks.handlers import registry
+from tasks.handlers import PermanentError, registry
 from tasks.models import (
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -84,6 +84,9 @@ class TaskCreateSerializer(serializers.Serializer[TaskSpec]):
     def validate_payload(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise serializers.ValidationError("payload must be a JSON object")
+        if _holds_nul(value):
+            # PostgreSQL's jsonb cannot store U+0000; SQLite could, but one contract for both.
+            raise serializers.ValidationError("payload strings and keys cannot contain \\u0000")
         return value
 
     def validate_queue(self, value: str) -> str:
@@ -94,6 +97,13 @@ class TaskCreateSerializer(serializers.Serializer[TaskSpec]):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "run_after" in attrs and "delay" in attrs:
             raise serializers.ValidationError({"delay": ["give run_after or delay, not both"]})
+        handler = registry.get(attrs["type"])
+        if handler is not None:
+            # The worker would fail such a task on its first attempt; say so now instead.
+            try:
+                handler.bind(attrs["payload"])
+            except PermanentError as exc:
+                raise serializers.ValidationError({"payload": [str(exc)]}) from None
         return attrs
 
     def to_spec(self, attrs: dict[str, Any], *, header_key: str | None = None) -> TaskSpec:
@@ -109,6 +119,23 @@ class TaskCreateSerializer(serializers.Serializer[TaskSpec]):
             max_attempts=attrs.get("max_attempts"),
             idempotency_key=attrs.get("idempotency_key") or header_key,
         )
+
+
+def _holds_nul(value: Any) -> bool:
+    """True if any string or key inside a parsed JSON value contains U+0000."""
+    # Iterative: a body may nest deeper than Python's recursion limit (orjson allows 1024).
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def max_batch() -> int:

@@ -1,3 +1,4 @@
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,8 @@ from tasks.selectors import InvalidCursor, TaskFilters, task_list
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
 LIST_PARAMS = {"status", "type", "queue", "limit", "cursor"}
+LIMIT_DIGITS = re.compile(r"[0-9]{1,4}")  # ASCII only: str.isdigit() also passes "²", which int() rejects
+IDEMPOTENCY_KEY = serializers.CharField(max_length=255)  # the body's idempotency_key rules, for the header
 
 ERROR = inline_serializer("Error", {"error": serializers.CharField()})
 
@@ -104,8 +107,13 @@ class TaskListCreateView(APIView):
             )
         if not isinstance(data, dict):
             raise ValidationError(error_body("body must be a JSON object, or an array of them"))
-        if header_key is not None and len(header_key) > 255:
-            raise ValidationError(error_body("Idempotency-Key is longer than 255 characters"))
+        if header_key is not None:
+            try:
+                header_key = IDEMPOTENCY_KEY.run_validation(header_key)
+            except ValidationError as exc:
+                raise ValidationError(
+                    error_body("invalid Idempotency-Key header", fields={"Idempotency-Key": exc.detail})
+                ) from None
         serializer = TaskCreateSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         [(task, created)] = services.task_enqueue_many(
@@ -136,11 +144,14 @@ class TaskListCreateView(APIView):
         unknown = sorted(set(params) - LIST_PARAMS)
         if unknown:
             raise ValidationError(error_body(f"unknown query parameters: {', '.join(unknown)}"))
+        if any("\x00" in value for value in params.values()):
+            # PostgreSQL text cannot hold NUL: filtering on one would be a database error.
+            raise ValidationError(error_body("query parameters cannot contain NUL characters"))
         status_filter = params.get("status") or None
         if status_filter is not None and status_filter not in TaskStatus.values:
             raise ValidationError(error_body(f"status must be one of: {', '.join(TaskStatus.values)}"))
         raw_limit = params.get("limit", str(LIST_DEFAULT_LIMIT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_MAX_LIMIT:
+        if not LIMIT_DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= LIST_MAX_LIMIT:
             raise ValidationError(error_body(f"limit must be a whole number from 1 to {LIST_MAX_LIMIT}"))
         limit = int(raw_limit)
         filters = TaskFilters(
