@@ -3,9 +3,13 @@
 import base64
 import datetime
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -695,6 +699,32 @@ def test_health__ok_with_env_and_database(api):
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "env": django_settings.ENV, "database": "ok"}
+
+
+def test_health__503_when_the_database_cannot_be_reached():
+    # Another process: this one's connection settings point at the working test database.
+    script = (
+        "import django, json; django.setup(); from django.test import Client; "
+        "r = Client().get('/health'); print(r.status_code, json.dumps(r.json()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "taskflow_project.settings",
+            "DB_DSN": "postgres://nobody@127.0.0.1:9/nowhere",  # port 9 (discard): nothing listens
+            "LOG_LEVEL": "ERROR",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    status, body = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert status == "503"
+    assert json.loads(body) == {"status": "unavailable", "env": "development", "database": "unavailable"}
 
 
 def test_schema__openapi_3_document_lists_the_task_paths(api):
