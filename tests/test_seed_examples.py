@@ -1,5 +1,6 @@
 """The Go seed README's curl examples, run literally against gunicorn (as the Dockerfile starts it) and runworkers."""
 
+import datetime
 import json
 import os
 import socket
@@ -159,7 +160,7 @@ def test_seed_readme__curl_examples_work_and_the_email_is_sent(gunicorn, worker_
     assert done["status"] == "done"
     assert done["result"] == {"sent": 1}
     assert done["attempts"] == 1
-    assert done["updated_at"] > done["created_at"]
+    assert datetime.datetime.fromisoformat(done["finished_at"]) > datetime.datetime.fromisoformat(done["created_at"])
     assert "user@example.com" in worker.logs()  # the console email backend printed it
 
     # Every line gunicorn wrote to stdout is a JSON event; each request got exactly one `request` line.
