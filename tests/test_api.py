@@ -381,6 +381,15 @@ def test_post_task__body_over_the_limit_413(api, settings, existing_task):
     assert at_limit.status_code == 201
 
 
+def test_post_task__chunked_body_411_rather_than_read_as_empty(api):
+    # Under WSGI Django sees no Content-Length, so the body would parse as {}: "type is required".
+    response = api.post("/tasks", {"type": "noop"}, format="json", headers={"Transfer-Encoding": "chunked"})
+
+    body = assert_json_error(response, 411)
+    assert "Content-Length" in body["error"]
+    assert Task.objects.count() == 0
+
+
 @pytest.mark.parametrize(
     ("raw", "content_type"),
     [

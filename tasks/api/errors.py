@@ -19,6 +19,14 @@ class Conflict(APIException):
         self.extra = {"status": task_status}
 
 
+class LengthRequired(APIException):
+    """Django reads a WSGI body only up to its Content-Length: a chunked body would be read as empty."""
+
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_detail = "send the body with a Content-Length header; chunked request bodies are not supported"
+    default_code = "length_required"
+
+
 def error_body(message: str, **details: Any) -> dict[str, Any]:
     return {"error": message, **{k: v for k, v in details.items() if v is not None}}
 

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import services
-from tasks.api.errors import Conflict, error_body
+from tasks.api.errors import Conflict, LengthRequired, error_body
 from tasks.api.serializers import TaskCreateSerializer, TaskSerializer, max_batch
 from tasks.models import Task, TaskStatus
 from tasks.selectors import InvalidCursor, TaskFilters, task_list
@@ -79,11 +79,14 @@ class TaskListCreateView(APIView):
                 description="idempotency key seen before: the stored task",
             ),
             400: ERROR,
+            411: ERROR,
             413: ERROR,
             415: ERROR,
         },
     )
     def post(self, request: Request) -> Response:
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            raise LengthRequired()
         data = request.data
         header_key = request.headers.get("Idempotency-Key") or None
         if isinstance(data, list):
