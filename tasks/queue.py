@@ -54,8 +54,9 @@ def _as_json(value: Any) -> Any:
 
 # The claim, served by task_ready_idx (models.py). On PostgreSQL, SKIP LOCKED lets any
 # number of workers claim at once without waiting on each other or taking the same row;
-# on SQLite the IMMEDIATE transaction (settings.py) serialises claims instead.
-_CLAIM_SQL = """
+# SQLite takes the database's write lock for the statement, which serialises claims instead.
+# One statement in autocommit: no BEGIN/COMMIT round trips on the hottest path.
+_CLAIM_UPDATE = """
 UPDATE tasks_task
 SET status = 'running', attempts = attempts + 1, worker_id = %s,
     lease_expires_at = %s, started_at = %s, updated_at = %s, finished_at = NULL
@@ -67,6 +68,12 @@ WHERE id IN (
 )
 RETURNING id, type, payload, attempts, max_attempts, queue, priority, run_after, created_at
 """
+# RETURNING gives rows in no set order; threads should still start the highest priority first.
+_CLAIM_SQL_POSTGRES = (
+    "WITH claimed AS (" + _CLAIM_UPDATE + ")\n"  # noqa: S608 - constant text; values are bound parameters
+    "SELECT id, type, payload, attempts, max_attempts, queue FROM claimed\n"
+    "ORDER BY priority DESC, run_after, created_at"
+)
 
 
 def claim_ready_tasks(
@@ -75,33 +82,26 @@ def claim_ready_tasks(
     """Claim up to `limit` ready tasks in one statement, highest priority first."""
     now = timezone.now()
     queue_filter = f"AND queue IN ({', '.join(['%s'] * len(queues))})" if queues else ""
-    lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    sql = _CLAIM_SQL.format(queue_filter=queue_filter, lock=lock)
     lease = _db_time(now + datetime.timedelta(seconds=lease_seconds))
-    params = [
-        worker_id,
-        lease,
-        _db_time(now),
-        _db_time(now),
-        _db_time(now),
-        *queues,
-        limit,
-    ]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    # RETURNING gives rows in no set order; threads should still start the highest priority first.
-    rows.sort(key=lambda row: (-row[6], row[7], row[8]))
+    params = [worker_id, lease, _db_time(now), _db_time(now), _db_time(now), *queues, limit]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_CLAIM_SQL_POSTGRES.format(queue_filter=queue_filter, lock="FOR UPDATE SKIP LOCKED"), params)
+            rows = cursor.fetchall()
+        else:
+            # SQLite has no RETURNING inside a CTE: sort here on the extra columns.
+            cursor.execute(_CLAIM_UPDATE.format(queue_filter=queue_filter, lock=""), params)
+            rows = sorted(cursor.fetchall(), key=lambda row: (-row[6], row[7], row[8]))
     return [
         ClaimedTask(
-            id=_as_uuid(id_),
-            type=type_,
-            payload=_as_json(payload),
-            attempt=attempts,
-            max_attempts=max_attempts,
-            queue=queue,
+            id=_as_uuid(row[0]),
+            type=row[1],
+            payload=_as_json(row[2]),
+            attempt=row[3],
+            max_attempts=row[4],
+            queue=row[5],
         )
-        for id_, type_, payload, attempts, max_attempts, queue, *_order in rows
+        for row in rows
     ]
 
 
@@ -135,8 +135,8 @@ def complete_tasks(*, worker_id: str, successes: Sequence[Success]) -> set[uuid.
     if not successes:
         return set()
     now = _db_time(timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # one statement: atomic without BEGIN/COMMIT
             cursor.execute(
                 _COMPLETE_SQL_POSTGRES,
                 [
@@ -149,7 +149,8 @@ def complete_tasks(*, worker_id: str, successes: Sequence[Success]) -> set[uuid.
                 ],
             )
             return {_as_uuid(row[0]) for row in cursor.fetchall()}
-        completed = set()
+    completed = set()
+    with transaction.atomic(), connection.cursor() as cursor:
         for s in successes:
             cursor.execute(
                 _COMPLETE_SQL_SQLITE,
@@ -157,7 +158,7 @@ def complete_tasks(*, worker_id: str, successes: Sequence[Success]) -> set[uuid.
             )
             if cursor.rowcount:
                 completed.add(s.task.id)
-        return completed
+    return completed
 
 
 def retry_delay(attempt: int) -> datetime.timedelta:

@@ -1,10 +1,11 @@
 """The worker pool behind `manage.py runworkers`: one process, a dispatcher and N handler threads.
 
-The dispatcher (the thread that calls `run()`) is the only one that claims and completes:
-it claims up to the free capacity (threads plus a prefetch buffer) in one statement, hands
-task ids and payloads to the handler threads, and records their outcomes in batches. A
-heartbeat thread extends leases, registers the process and recovers tasks whose worker
-vanished; on PostgreSQL a listener thread wakes the dispatcher on NOTIFY.
+The dispatcher (the thread that calls `run()`) claims up to the free capacity (threads plus
+a prefetch buffer) in one statement and hands task ids and payloads to the handler
+threads; a recorder thread writes their outcomes in batches, on its own connection, so
+claiming and recording overlap. A heartbeat thread extends leases, registers the process
+and recovers tasks whose worker vanished; on PostgreSQL a listener thread wakes the
+dispatcher on NOTIFY.
 """
 
 import collections
@@ -17,14 +18,14 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 import psycopg
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import OperationalError, close_old_connections, connection
 from django.db.utils import InterfaceError
 from django.utils import timezone
 
@@ -38,6 +39,13 @@ log = structlog.get_logger("tasks.worker")
 DB_BACKOFF_INITIAL_SECONDS = 0.1
 DB_BACKOFF_MAX_SECONDS = 5.0
 LISTEN_TIMEOUT_SECONDS = 1.0  # how often the listener checks whether to stop
+# Outcomes are written in batches: the recorder lets a few more arrive before it writes,
+# unless this many are already waiting.
+RECORD_LINGER_SECONDS = 0.002
+RECORD_BATCH_TARGET = 50
+# What a lost or restarting database raises; anything else (a bad statement) is a bug and
+# stops the worker rather than looping.
+DB_OUTAGE_ERRORS = (OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,10 @@ class WorkerPool:
         self.grace_seconds = grace_seconds
         # Claiming ahead of the free threads amortises one claim over many tasks.
         self.prefetch = concurrency * 4 if prefetch is None else prefetch
+        self.capacity = concurrency + self.prefetch
+        # With a backlog, claim once half the capacity is free rather than one task per
+        # statement; the threads still have the other half to work through meanwhile.
+        self.claim_batch = max(1, min(concurrency, self.capacity // 2))
         self.lease_seconds = lease_seconds or config["LEASE_SECONDS"]
         self.heartbeat_seconds = self.lease_seconds / 3
         self.poll_interval_seconds = poll_interval_seconds or config["POLL_INTERVAL_SECONDS"]
@@ -81,9 +93,12 @@ class WorkerPool:
         self._outcomes: collections.deque[Success | Failure] = collections.deque()
         # Claimed and not yet recorded, by id: the tasks whose leases the heartbeat renews.
         self._held: dict[uuid.UUID, ClaimedTask] = {}
-        self._started: set[uuid.UUID] = set()  # held tasks a handler thread has picked up
+        self._waiting: set[uuid.UUID] = set()  # held, not yet picked up by a handler thread
+        self._started: set[uuid.UUID] = set()  # held, handler running now
         self._held_lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # the dispatcher: capacity freed, NOTIFY, or stop
+        self._outcome_ready = threading.Event()  # the recorder
+        self._stop_recording = threading.Event()
         self._notified = False
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
@@ -112,12 +127,13 @@ class WorkerPool:
         )
         for index in range(self.concurrency):
             self._spawn(self._handler_loop, f"taskflow-handler-{index}")
+        recorder = self._spawn(self._record_loop, "taskflow-recorder")
         self._spawn(self._heartbeat_loop, "taskflow-heartbeat")
         if connection.vendor == "postgresql":
             self._spawn(self._listen_loop, "taskflow-listener")
         try:
             self._dispatch_loop()
-            self._shut_down()
+            self._shut_down(recorder)
         finally:
             self._stopping.set()
             self._stop_now.set()
@@ -125,11 +141,12 @@ class WorkerPool:
                 self._todo.put(None)
             _drop_connection()
 
-    def _spawn(self, target: "collections.abc.Callable[[], None]", name: str) -> None:
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         # Daemon threads: a handler stuck past the grace period must not keep the process alive.
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def _register(self) -> None:
         Worker.objects.update_or_create(
@@ -146,52 +163,68 @@ class WorkerPool:
 
     # Dispatcher ------------------------------------------------------------------------
 
-    def _in_flight(self) -> int:
+    def _free_capacity(self) -> int:
         with self._held_lock:
-            return len(self._held)
+            # Outcomes waiting for the recorder do not take capacity.
+            return self.capacity - len(self._waiting) - len(self._started)
 
     def _dispatch_loop(self) -> None:
-        capacity = self.concurrency + self.prefetch
         next_poll = 0.0
         backoff = DB_BACKOFF_INITIAL_SECONDS
         while not self._stopping.is_set():
             self._wake.clear()
-            try:
-                self._flush_outcomes()
-                free = capacity - self._in_flight()
-                if free > 0 and (self._notified or time.monotonic() >= next_poll):
-                    self._notified = False
+            free = self._free_capacity()
+            if free > 0 and (self._notified or time.monotonic() >= next_poll):
+                self._notified = False
+                try:
                     claimed = self._claim(free)
-                    if len(claimed) < free:
-                        # Drained: wait for a NOTIFY or the next poll rather than asking again.
-                        next_poll = time.monotonic() + self.poll_interval_seconds
+                except DB_OUTAGE_ERRORS as exc:
+                    self._database_unavailable(exc, backoff, self._stopping)
+                    backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
+                    continue
                 backoff = DB_BACKOFF_INITIAL_SECONDS
-            except (DatabaseError, InterfaceError, psycopg.Error) as exc:
-                self._database_unavailable(exc, backoff)
-                backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
-                continue
+                if len(claimed) < free:
+                    # Drained: wait for a NOTIFY or the next poll rather than asking again.
+                    next_poll = time.monotonic() + self.poll_interval_seconds
             self._wake.wait(timeout=max(0.0, next_poll - time.monotonic()) or self.poll_interval_seconds)
 
     def _claim(self, limit: int) -> list[ClaimedTask]:
         claimed = task_queue.claim_ready_tasks(
-            worker_id=self.worker_id,
-            limit=limit,
-            queues=self.queues,
-            lease_seconds=self.lease_seconds,
+            worker_id=self.worker_id, limit=limit, queues=self.queues, lease_seconds=self.lease_seconds
         )
         with self._held_lock:
             for task in claimed:
                 self._held[task.id] = task
+                self._waiting.add(task.id)
         for task in claimed:
-            self.log.info(
-                "task_claimed",
-                task_id=str(task.id),
-                type=task.type,
-                queue=task.queue,
-                attempt=task.attempt,
-            )
+            self.log.info("task_claimed", task_id=str(task.id), type=task.type, queue=task.queue, attempt=task.attempt)
             self._todo.put(task)
         return claimed
+
+    # Recorder ----------------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        """Write outcomes in batches until shutdown has asked for the last ones."""
+        backoff = DB_BACKOFF_INITIAL_SECONDS
+        try:
+            while not (self._stop_recording.is_set() and not self._outcomes):
+                self._outcome_ready.wait(timeout=0.5)
+                self._outcome_ready.clear()
+                if len(self._outcomes) < RECORD_BATCH_TARGET and not self._stop_recording.is_set():
+                    time.sleep(RECORD_LINGER_SECONDS)
+                try:
+                    self._flush_outcomes()
+                except DB_OUTAGE_ERRORS as exc:
+                    if self._stop_now.is_set():
+                        self.log.error("outcomes_not_recorded", count=len(self._outcomes), error=str(exc)[:500])
+                        return  # their leases expire and another worker runs them again
+                    self._database_unavailable(exc, backoff, self._stop_now)
+                    backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
+                    self._outcome_ready.set()
+                    continue
+                backoff = DB_BACKOFF_INITIAL_SECONDS
+        finally:
+            _drop_connection()
 
     def _flush_outcomes(self) -> None:
         """Record finished tasks: successes in one statement, failures one by one."""
@@ -203,7 +236,7 @@ class WorkerPool:
         try:
             self._record(batch)
         except BaseException:
-            # Nothing was committed (one transaction per statement): keep them for the next try.
+            # Not committed (the failures are per row: a recorded one is fenced on retry).
             self._outcomes.extendleft(reversed(batch))
             raise
 
@@ -271,24 +304,19 @@ class WorkerPool:
     def _forget(self, task: ClaimedTask) -> None:
         with self._held_lock:
             self._held.pop(task.id, None)
-            self._started.discard(task.id)
 
-    def _database_unavailable(self, exc: BaseException, backoff: float) -> None:
-        self.log.warning(
-            "database_unavailable",
-            error=str(exc).strip()[:500],
-            retry_in_seconds=backoff,
-        )
+    def _database_unavailable(self, exc: BaseException, backoff: float, interrupt: threading.Event) -> None:
+        self.log.warning("database_unavailable", error=str(exc).strip()[:500], retry_in_seconds=backoff)
         _drop_connection()
-        self._stopping.wait(backoff)
+        interrupt.wait(backoff)
 
-    def _with_db_retry(self, action: "collections.abc.Callable[[], object]", what: str) -> None:
+    def _with_db_retry(self, action: Callable[[], object], what: str) -> None:
         backoff = DB_BACKOFF_INITIAL_SECONDS
         while True:
             try:
                 action()
                 return
-            except (DatabaseError, InterfaceError) as exc:
+            except DB_OUTAGE_ERRORS as exc:
                 if self._stop_now.is_set():
                     raise
                 self.log.warning("database_unavailable", during=what, error=str(exc).strip()[:500])
@@ -307,13 +335,19 @@ class WorkerPool:
     def _run_handlers(self) -> None:
         while (task := self._todo.get()) is not None:
             with self._held_lock:
-                if self._stopping.is_set() or task.id not in self._held:
+                if self._stopping.is_set() or task.id not in self._waiting:
                     continue  # not started: _shut_down hands it back
+                self._waiting.discard(task.id)
                 self._started.add(task.id)
             close_old_connections()
-            self._outcomes.append(self._run_handler(task))
+            outcome = self._run_handler(task)
             close_old_connections()
-            self._wake.set()
+            self._outcomes.append(outcome)
+            with self._held_lock:
+                self._started.discard(task.id)
+            self._outcome_ready.set()
+            if self._free_capacity() >= self.claim_batch:
+                self._wake.set()
 
     def _run_handler(self, task: ClaimedTask) -> Success | Failure:
         token = _current_task.set(
@@ -361,7 +395,7 @@ class WorkerPool:
         while not self._stop_now.wait(self.heartbeat_seconds):
             try:
                 self._heartbeat()
-            except (DatabaseError, InterfaceError) as exc:
+            except DB_OUTAGE_ERRORS as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).strip()[:500])
                 _drop_connection()
             finally:
@@ -419,25 +453,22 @@ class WorkerPool:
 
     # Shutdown ----------------------------------------------------------------------------
 
-    def _shut_down(self) -> None:
+    def _shut_down(self, recorder: threading.Thread) -> None:
         """Let running tasks finish within the grace period, then hand back what is left."""
-        self.log.info(
-            "worker_stopping",
-            grace_seconds=self.grace_seconds,
-            in_flight=self._in_flight(),
-        )
+        self.log.info("worker_stopping", grace_seconds=self.grace_seconds, in_flight=len(self._held))
         deadline = time.monotonic() + self.grace_seconds
         self._release(started=False)  # claimed ahead, never started
         while not self._stop_now.is_set() and time.monotonic() < deadline:
-            self._with_db_retry(self._flush_outcomes, "flush")
             with self._held_lock:
                 if not self._started:
                     break
             self._wake.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
         self._stop_now.set()
-        self._with_db_retry(self._flush_outcomes, "flush")
-        released = self._release(started=True)
+        self._stop_recording.set()
+        self._outcome_ready.set()
+        recorder.join(timeout=DB_BACKOFF_MAX_SECONDS * 2)
+        released = self._release(started=True)  # still running past the grace period
         self._with_db_retry(
             lambda: Worker.objects.filter(id=self.worker_id).update(
                 stopped_at=timezone.now(),
@@ -456,7 +487,7 @@ class WorkerPool:
 
     def _release(self, *, started: bool) -> int:
         with self._held_lock:
-            ids = [i for i in self._held if (i in self._started) == started]
+            ids = list(self._started if started else self._waiting)
         if not ids:
             return 0
         count = 0
@@ -469,7 +500,7 @@ class WorkerPool:
         with self._held_lock:
             for task_id in ids:
                 self._held.pop(task_id, None)
-                self._started.discard(task_id)
+                self._waiting.discard(task_id)
         for task_id in ids:
             self.log.info("task_released", task_id=str(task_id), started=started)
         return count
