@@ -108,6 +108,10 @@ class WorkerPool:
 
     # Lifecycle -------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def stop(self, *, immediately: bool = False) -> None:
         """Stop claiming; finish running tasks within the grace period (or not at all)."""
         self._stopping.set()

@@ -57,10 +57,10 @@ class Command(BaseCommand):
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             # The first signal drains gracefully; a second one stops without waiting.
-            pool.stop(immediately=pool_stopping[0])
-            pool_stopping[0] = True
+            immediately = pool.stopping
+            pool.log.info("signal_received", signal=signal.Signals(signum).name, immediately=immediately)
+            pool.stop(immediately=immediately)
 
-        pool_stopping = [False]
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         pool.run()
