@@ -6,7 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tasks.models import Task, TaskStatus
+from tasks.models import Task, TaskStatus, Worker
 from tasks.services import task_enqueue
 from tests.conftest import ROOT
 
@@ -19,9 +19,12 @@ def test_prunetasks__deletes_only_old_finished_tasks(capsys):
     Task.objects.filter(id=kept_recent.id).update(status=TaskStatus.DONE, finished_at=timezone.now())
     doomed = [task_enqueue(type="noop") for _ in range(5)]
     Task.objects.filter(id__in=[t.id for t in doomed]).update(status=TaskStatus.FAILED, finished_at=old)
+    Worker.objects.create(id="gone", hostname="h", pid=1, concurrency=1, last_heartbeat_at=old)
+    Worker.objects.create(id="alive", hostname="h", pid=2, concurrency=1)
     call_command("prunetasks", "--older-than", "7d", "--batch-size", "2")
     assert set(Task.objects.values_list("id", flat=True)) == {kept_pending.id, kept_recent.id}
-    assert "deleted 5 finished tasks" in capsys.readouterr().out
+    assert list(Worker.objects.values_list("id", flat=True)) == ["alive"]
+    assert "deleted 5 finished tasks and 1 worker records" in capsys.readouterr().out
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from tasks.models import FINISHED_STATUSES, Task
+from tasks.models import FINISHED_STATUSES, Task, Worker
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -20,7 +20,10 @@ def parse_duration(text: str) -> datetime.timedelta:
 
 
 class Command(BaseCommand):
-    help = "Delete finished (done, failed, cancelled) tasks older than a given age, in batches."
+    help = (
+        "Delete finished (done, failed, cancelled) tasks older than a given age, in batches, "
+        "and the registry rows of workers gone that long."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", default="7d", help="age of finished tasks to delete (default 7d)")
@@ -42,4 +45,7 @@ class Command(BaseCommand):
             if not ids:
                 break
             deleted += Task.objects.filter(id__in=ids).delete()[0]
-        self.stdout.write(f"deleted {deleted} finished tasks older than {options['older_than']}")
+        workers, _ = Worker.objects.filter(last_heartbeat_at__lt=cutoff).delete()
+        self.stdout.write(
+            f"deleted {deleted} finished tasks and {workers} worker records older than {options['older_than']}"
+        )
