@@ -10,6 +10,9 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
 timeout = 30  # seconds
 graceful_timeout = 10  # seconds
+# No control socket: its default path is shared by every gunicorn of the same user, and
+# nothing here manages gunicorn at run time.
+control_socket_disable = True
 accesslog = None  # tasks.middleware logs one JSON line per request
 logconfig_dict = stdlib_logging_config(os.environ.get("LOG_LEVEL", "INFO"))
 

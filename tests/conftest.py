@@ -64,7 +64,7 @@ def api() -> APIClient:
     return APIClient()
 
 
-def test_db_dsn() -> str:
+def subprocess_db_dsn() -> str:
     """A DSN for the test database, for worker subprocesses (call inside a django_db test)."""
     db = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -124,7 +124,7 @@ def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
     def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
         full_env = {
             **os.environ,
-            "DB_DSN": test_db_dsn(),
+            "DB_DSN": subprocess_db_dsn(),
             "TASKFLOW_HANDLERS": "flaky=tests.handlers.flaky,count=tests.handlers.count,block=tests.handlers.block",
             **(env or {}),
         }

@@ -736,6 +736,33 @@ def test_health__503_when_the_database_cannot_be_reached():
     assert json.loads(body) == {"status": "unavailable", "env": "development", "database": "unavailable"}
 
 
+def test_api__503_json_while_the_database_is_away():
+    # Another process, pointed at a port where no database listens.
+    script = (
+        "import django, json; django.setup(); from django.test import Client; c = Client(); "
+        "r = c.post('/tasks', {'type': 'noop'}, content_type='application/json'); "
+        "g = c.get('/tasks'); print(r.status_code, g.status_code, r['Retry-After'], json.dumps(r.json()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "taskflow_project.settings",
+            "DB_DSN": "postgres://nobody@127.0.0.1:9/nowhere",  # port 9 (discard): nothing listens
+            "LOG_LEVEL": "ERROR",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    post_status, get_status, retry_after, body = result.stdout.strip().splitlines()[-1].split(" ", 3)
+    assert (post_status, get_status, retry_after) == ("503", "503", "1")
+    assert json.loads(body) == {"error": "database unavailable; retry shortly"}
+
+
 def test_schema__openapi_3_document_lists_the_task_paths(api):
     response = api.get("/api/schema/")
 

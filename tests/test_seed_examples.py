@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from tests import conftest  # not `from ... import test_db_dsn`: pytest would collect it as a test
-from tests.conftest import wait_until
+from tests.conftest import subprocess_db_dsn, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")  # the virtualenv's, as .venv/bin/gunicorn
@@ -98,7 +97,7 @@ def gunicorn(transactional_db: None, tmp_path: Path) -> Iterator[Gunicorn]:
         **os.environ,
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "DB_DSN": conftest.test_db_dsn(),
+        "DB_DSN": subprocess_db_dsn(),
         "WEB_CONCURRENCY": "1",
     }
     env.pop("DATABASE_URL", None)

@@ -2,10 +2,14 @@
 
 from typing import Any
 
+import structlog
+from django.db import InterfaceError, OperationalError
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+log = structlog.get_logger("tasks.api")
 
 
 class Conflict(APIException):
@@ -32,6 +36,14 @@ def error_body(message: str, **details: Any) -> dict[str, Any]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is away (restart, failover): say so, and let the client retry.
+        log.warning("database_unavailable", error=str(exc).strip()[:500])
+        return Response(
+            error_body("database unavailable; retry shortly"),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # not an API error: Django's handler500 answers, and the error is logged
