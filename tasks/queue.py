@@ -6,13 +6,13 @@ and leases are tens of seconds, so skew of a second does not matter.
 """
 
 import datetime
+import json
 import random
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -48,8 +48,9 @@ def _as_uuid(value: Any) -> uuid.UUID:
 
 
 def _as_json(value: Any) -> Any:
-    # Django loads jsonb as text on purpose (JSONField decodes it); so does SQLite.
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
+    # Django loads jsonb as text on purpose (JSONField decodes it); so does SQLite. The
+    # standard library keeps integers of any size exact, as the payload was submitted.
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 # The claim, served by task_ready_idx (models.py). On PostgreSQL, SKIP LOCKED lets any
@@ -176,8 +177,9 @@ def error_entry(*, attempt: int, exc_type: str, message: str, traceback: str, wo
         "attempt": attempt,
         "at": timezone.now().isoformat().replace("+00:00", "Z"),
         "type": exc_type,
-        "message": message,
-        "traceback": traceback,
+        # PostgreSQL's jsonb cannot hold NUL characters.
+        "message": message.replace("\x00", "\\x00"),
+        "traceback": traceback.replace("\x00", "\\x00"),
         "worker_id": worker_id,
     }
 

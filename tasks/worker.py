@@ -10,6 +10,7 @@ dispatcher on NOTIFY.
 
 import collections
 import contextlib
+import json
 import os
 import queue
 import secrets
@@ -20,8 +21,8 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
 import psycopg
 import structlog
 from django.conf import settings
@@ -136,7 +137,12 @@ class WorkerPool:
         if connection.vendor == "postgresql":
             self._spawn(self._listen_loop, "taskflow-listener")
         try:
-            self._dispatch_loop()
+            try:
+                self._dispatch_loop()
+            except Exception:
+                self.log.exception("worker_crashed")
+                self._shut_down(recorder)  # hand back what this process holds before exiting
+                raise
             self._shut_down(recorder)
         finally:
             self._stopping.set()
@@ -239,10 +245,23 @@ class WorkerPool:
             return
         try:
             self._record(batch)
-        except BaseException:
-            # Not committed (the failures are per row: a recorded one is fenced on retry).
+        except DB_OUTAGE_ERRORS:
+            # Not committed (a failure recorded already is fenced on the retry): keep them.
             self._outcomes.extendleft(reversed(batch))
             raise
+        except Exception:
+            # A value the database refuses, or a bug: one bad outcome must not hold up the rest.
+            self.log.exception("outcome_batch_failed", count=len(batch))
+            for index, outcome in enumerate(batch):
+                try:
+                    self._record([outcome])
+                except DB_OUTAGE_ERRORS:
+                    self._outcomes.extendleft(reversed(batch[index:]))
+                    raise
+                except Exception:
+                    # Its lease is no longer renewed: it expires, and the task runs again.
+                    self.log.exception("outcome_not_recorded", task_id=str(outcome.task.id), type=outcome.task.type)
+                    self._forget(outcome.task)
 
     def _record(self, batch: list[Success | Failure]) -> None:
         successes = [o for o in batch if isinstance(o, Success)]
@@ -371,8 +390,8 @@ class WorkerPool:
             bound = handler.bind(task.payload)
             result = handler.func(*bound.args, **bound.kwargs)
             try:
-                result_json = None if result is None else orjson.dumps(result).decode()
-            except TypeError as exc:
+                result_json = _encode_result(result)
+            except (TypeError, ValueError) as exc:
                 raise PermanentError(f"handler returned a value JSON cannot hold: {exc}") from None
             return Success(task=task, result_json=result_json, duration_ms=_ms_since(started))
         except Exception as exc:  # noqa: BLE001 - any handler error is the task's outcome
@@ -508,6 +527,16 @@ class WorkerPool:
         for task_id in ids:
             self.log.info("task_released", task_id=str(task_id), started=started)
         return count
+
+
+def _encode_result(result: Any) -> str | None:
+    """The result as JSON text that both databases store: no NaN or infinities, no NUL characters."""
+    if result is None:
+        return None
+    text = json.dumps(result, allow_nan=False)
+    if "\\u0000" in text:
+        raise ValueError("NUL characters cannot be stored")
+    return text
 
 
 def _drop_connection() -> None:

@@ -118,6 +118,40 @@ def test_pool__result_json_cannot_hold_fails_the_task(worker_pool, temporary_han
     assert "JSON cannot hold" in task.error
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "nul\x00char", {"k": ["\x00"]}])
+def test_pool__result_the_database_cannot_store_fails_the_task_alone(worker_pool, temporary_handler, bad):
+    temporary_handler("returns_bad", lambda: bad)
+    bad_task = task_enqueue(type="returns_bad", max_attempts=3)
+    good = [task_enqueue(type="noop") for _ in range(3)]
+    worker_pool()
+    _wait_finished(bad_task, *good)
+    bad_task.refresh_from_db()
+    assert (bad_task.status, bad_task.attempts) == (TaskStatus.FAILED, 1)
+    assert "JSON cannot hold" in bad_task.error
+    assert {_status(t) for t in good} == {TaskStatus.DONE}
+
+
+def test_pool__error_message_with_nul_is_recorded(worker_pool, temporary_handler):
+    def fails_with_nul():
+        raise PermanentError("bad\x00byte")
+
+    temporary_handler("fails_with_nul", fails_with_nul)
+    task = task_enqueue(type="fails_with_nul")
+    worker_pool()
+    _wait_finished(task)
+    task.refresh_from_db()
+    assert (task.status, task.error) == (TaskStatus.FAILED, "PermanentError: bad\\x00byte")
+
+
+def test_pool__big_integers_survive_payload_and_result_exactly(worker_pool, temporary_handler):
+    temporary_handler("double", lambda *, n: {"n": n * 2})
+    task = task_enqueue(type="double", payload={"n": 123456789012345678901234567890})
+    worker_pool()
+    _wait_finished(task)
+    task.refresh_from_db()
+    assert task.result == {"n": 246913578024691357802469135780}
+
+
 def test_pool__handler_max_attempts_is_the_default_for_its_tasks(worker_pool, temporary_handler, fast_retries):
     def always_fails():
         raise RuntimeError("nope")

@@ -1,7 +1,7 @@
+import json
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from django.conf import settings
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import BaseParser
@@ -38,6 +38,11 @@ class LimitedJSONParser(BaseParser):
                 raise too_large
             chunks.append(chunk)
         try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
+            # The standard library, not orjson: it keeps integers of any size exact.
+            return json.loads(b"".join(chunks), parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ParseError(f"malformed JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
