@@ -53,7 +53,6 @@ DRAIN_POLL_SECONDS = 0.01  # how often the drain's progress is counted
 DRAIN_STALL_SECONDS = 15.0  # a drain with no progress for this long is given up
 STOP_TIMEOUT_SECONDS = 20.0  # SIGTERM, then SIGKILL after this long
 SERVER_START_TIMEOUT_SECONDS = 30.0
-BARE_LEASE = "30 seconds"  # the lease the bare loop writes, as the worker does
 BARE_NOTIFY_CHANNEL = "taskflow_bench_bare"
 TEMPLATE_QUEUE = "bench"
 
@@ -880,13 +879,16 @@ def _wait_drained(
     finished, last_progress = 0, time.perf_counter()
     first: CpuSample | None = None
     finished_at_first = 0
+    backends: list[int] = []
     while time.perf_counter() - last_progress < DRAIN_STALL_SECONDS:
         row = conn.execute("SELECT count(*) FROM tasks_task WHERE status IN ('done', 'failed')").fetchone()
         assert row is not None
         if row[0] and first is None:
-            first, finished_at_first = CpuSample.take(proc.pid), row[0]
+            backends = _backend_pids(conn)
+            first, finished_at_first = CpuSample.take(proc.pid, backends), row[0]
         if row[0] >= expected:
-            return True, _cpu_usage(first, CpuSample.take(proc.pid), row[0] - finished_at_first)
+            last = CpuSample.take(proc.pid, backends)
+            return True, _cpu_usage(first, last, row[0] - finished_at_first)
         if row[0] > finished:
             finished, last_progress = row[0], time.perf_counter()
         if proc.poll() is not None:
@@ -898,40 +900,58 @@ def _wait_drained(
 
 @dataclass(frozen=True)
 class CpuSample:
-    """CPU time from /proc (Linux): one process's, and the whole machine's busy and total."""
+    """CPU seconds from /proc (Linux): the worker's, its PostgreSQL backends', the whole machine's."""
 
     at: float  # perf_counter seconds
-    process: float  # seconds of CPU used by the process so far
-    machine_busy: float  # seconds, all cores
-    machine_total: float  # seconds, all cores
+    worker: float  # CPU seconds used by the worker process so far
+    postgres: float  # CPU seconds used so far by the backends sampled (see take)
+    machine_busy: float  # CPU seconds, all cores
+    machine_total: float  # CPU seconds, all cores
 
     @classmethod
-    def take(cls, pid: int) -> "CpuSample | None":
+    def take(cls, pid: int, backend_pids: Sequence[int]) -> "CpuSample | None":
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            worker = _process_cpu(pid)
         except OSError:
             return None
-        tick = os.sysconf("SC_CLK_TCK")
+        backends = 0.0
+        for backend in backend_pids:
+            with contextlib.suppress(OSError):  # a backend may have exited
+                backends += _process_cpu(backend)
         ticks = [int(v) for v in cpu]
         idle = ticks[3] + ticks[4]  # idle + iowait
-        return cls(
-            time.perf_counter(),
-            (int(fields[11]) + int(fields[12])) / tick,
-            (sum(ticks) - idle) / tick,
-            sum(ticks) / tick,
-        )
+        tick = os.sysconf("SC_CLK_TCK")
+        return cls(time.perf_counter(), worker, backends, (sum(ticks) - idle) / tick, sum(ticks) / tick)
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _backend_pids(conn: psycopg.Connection[Any]) -> list[int]:
+    """The server processes doing the worker's work: its backends (not this poller's) and the WAL writer."""
+    rows = conn.execute(
+        """
+        SELECT pid FROM pg_stat_activity
+        WHERE (datname = current_database() AND pid <> pg_backend_pid()) OR backend_type = 'walwriter'
+        """
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def _cpu_usage(first: "CpuSample | None", last: "CpuSample | None", tasks: int) -> str | None:
-    if first is None or last is None or last.at - first.at < 0.05:
+    if first is None or last is None or last.at - first.at < 0.05 or not tasks:
         return None
     wall = last.at - first.at
-    worker = last.process - first.process
+    worker = last.worker - first.worker
+    postgres = last.postgres - first.postgres
     machine = (last.machine_busy - first.machine_busy) / (last.machine_total - first.machine_total)
     return (
-        f"while draining: runworkers used {worker / wall:.0%} of one core"
-        f" ({worker / max(tasks, 1) * 1e6:,.0f} us CPU per task), the machine was {machine:.0%} busy"
+        f"while draining: runworkers used {worker / wall:.0%} of a core ({worker / tasks * 1e6:,.0f} us/task),"
+        f" its PostgreSQL backends {postgres / wall:.0%} ({postgres / tasks * 1e6:,.0f} us/task);"
+        f" the machine was {machine:.0%} busy"
     )
 
 
@@ -1202,6 +1222,12 @@ def section(report: Report, name: str, body: Callable[[], None]) -> None:
         report.add(Figure(name, "section failed", math.nan, "", "FAILED", detail=f"{type(exc).__name__}: {exc}"))
 
 
+class Interrupted(BaseException):  # not an Exception: a section must not swallow it
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     dsn = os.environ.get("DB_DSN") or DEFAULT_DSN
@@ -1215,9 +1241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     atexit.register(children.stop_all)
 
     def on_sigterm(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally below
+        raise Interrupted(signum)  # unwinds through the finally below, like Ctrl-C
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     report = Report()
     started = time.perf_counter()
     status = 0
@@ -1225,7 +1252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(opts, dsn, children, report)
     except KeyboardInterrupt:
         progress("interrupted: stopping subprocesses")
-        status = 130
+        status = 128 + signal.SIGINT
+    except Interrupted as exc:
+        progress("terminated: stopping subprocesses")
+        status = 128 + exc.signum
     finally:
         children.stop_all()
     report.notes += targets(report)
