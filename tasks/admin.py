@@ -48,12 +48,15 @@ else:  # not subscriptable at run time
 admin.site.site_header = "TaskFlow operations"
 admin.site.site_title = "TaskFlow"
 admin.site.index_title = "Operator's console"
+# The task list needs the width more than a second app list does: breadcrumbs and the
+# Dashboard / Workers / Tasks links cover the navigation.
+admin.site.enable_nav_sidebar = False
 # The admin index opens with a link to the dashboard (see tasks/templates/admin/tasks/site_index.html).
 admin.site.index_template = "admin/tasks/site_index.html"
 
 ACTION_MAX_TASKS = 1_000  # tasks one action request changes; each is its own transaction
 PRETTY_JSON_MAX_CHARS = 200_000  # longer payloads and results are cut on the task page
-LIST_ERROR_CHARS = 90  # characters of the last error shown in the task list
+LIST_ERROR_CHARS = 80  # characters of the last error shown in the task list
 
 
 # Formatting -------------------------------------------------------------------------
@@ -431,14 +434,13 @@ class TaskAdmin(TaskModelAdmin):
     list_display = (
         "short_id",
         "type",
-        "status_display",
+        "status_cell",
         "queue",
         "priority",
         "attempts_display",
         "created",
         "run_after_display",
         "duration_display",
-        "last_error",
     )
     list_display_links = ("short_id",)
     list_filter = (
@@ -566,6 +568,9 @@ class TaskAdmin(TaskModelAdmin):
         }
         return TemplateResponse(request, "admin/tasks/dashboard.html", context)
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Tasks", **(extra_context or {})})
+
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -667,13 +672,19 @@ class TaskAdmin(TaskModelAdmin):
             )
         return "-"
 
-    @admin.display(description="last error")
-    def last_error(self, task: Task) -> str:
-        if not task.error:
-            return ""
+    @admin.display(description="status")
+    def status_cell(self, task: Task) -> str:
+        """The list's status: the badge, and under it the last error of a task that is not done."""
+        if not task.error or task.status == TaskStatus.DONE:
+            return self.status_display(task)
         head = task.error.splitlines()[0]
         short = head if len(head) <= LIST_ERROR_CHARS else head[: LIST_ERROR_CHARS - 1] + "…"
-        return format_html('<span class="tf-error" title="{}">{}</span>', task.error[:1000], short)
+        return format_html(
+            '{}<span class="tf-error tf-list-error" title="{}">{}</span>',
+            self.status_display(task),
+            task.error[:1000],
+            short,
+        )
 
     created_at_display = _timestamp_display("created_at", "created")
     started_at_display = _timestamp_display("started_at", "started (last attempt)")
@@ -804,6 +815,9 @@ class WorkerAdmin(WorkerModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
         return False  # a registry row is what the process reported; deleting forgets a dead one
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Workers", **(extra_context or {})})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return selectors.with_running_counts(super().get_queryset(request))

@@ -342,9 +342,11 @@ def throughput_chart(minutes: Sequence[ThroughputMinute]) -> ThroughputChart:
                 title=f"{m.minute:%H:%M} UTC: {m.done:,} done, {m.failed:,} failed",
             )
         )
+    # Gridlines at zero, the top and, when it is a whole number, halfway.
+    values = [0, top // 2, top] if top % 2 == 0 else [0, top]
     y_ticks = [
-        ChartTick(position=round(chart_cls.BOTTOM - plot_height * fraction, 2), label=f"{round(top * fraction):,}")
-        for fraction in (0, 0.5, 1)
+        ChartTick(position=round(chart_cls.BOTTOM - plot_height * value / top, 2), label=f"{value:,}")
+        for value in values
     ]
     x_ticks = [
         ChartTick(position=round(chart_cls.LEFT + index * slot + slot / 2, 2), label=f"{m.minute:%H:%M}")

@@ -603,7 +603,7 @@ def test_dashboard__numbers_match_the_database(admin_client):
     assert f'href="{CHANGELIST}?status__exact=failed" data-status="failed"' in html
     assert re.search(
         r'tf-tile-failed"[^>]*>\s*<span class="tf-tile-label">Failed</span>\s*'
-        r'<span class="tf-tile-value" data-count="3">3</span>',
+        r'<span class="tf-tile-value tf-nonzero" data-count="3">3</span>',
         html,
     )
     assert f'href="{CHANGELIST}?status__exact=failed&amp;type=webhook"' in html
@@ -647,6 +647,8 @@ def test_throughput_chart__bars_scale_to_a_round_maximum():
     assert chart.bars[1].done_height == pytest.approx(plot_height * 30 / 50, abs=0.01)
     assert chart.bars[1].failed_y + chart.bars[1].failed_height == pytest.approx(chart.bars[1].done_y, abs=0.02)
     assert "30 done, 10 failed" in chart.bars[1].title
+    one = dashboard.throughput_chart([dashboard.ThroughputMinute(minute=start, done=1, failed=0)])
+    assert [t.label for t in one.y_ticks] == ["0", "1"]
 
 
 def test_admin_index__links_to_the_dashboard(admin_client):
