@@ -175,6 +175,8 @@ class Report:
     def add(self, figure: Figure) -> None:
         self.figures.append(figure)
         line = f"  {figure.section:8} {figure.name}: {figure.text}"
+        if figure.text == "FAILED":
+            line += f": {figure.detail}"
         if figure.ratio:
             line += f"  ({figure.ratio})"
         progress(line)
@@ -1153,13 +1155,11 @@ def code_version() -> str:
     return f"commit {commit}" + (" with uncommitted changes" if changes else "")
 
 
-def header(dsn: str, opts: Options, server: Server | None, load_at_start: float) -> list[str]:
-    with connect(dsn) as conn:
-        row = conn.execute("SELECT current_setting('server_version'), current_database()").fetchone()
-        assert row is not None
+def header(database: tuple[str, str], opts: Options, server: Server | None, load_at_start: float) -> list[str]:
+    version, name = database
     now = dt.datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     lines = [
-        f"TaskFlow bench, {now}: PostgreSQL {row[0]}, database {row[1]}, {os.cpu_count()} CPUs,"
+        f"TaskFlow bench, {now}: PostgreSQL {version}, database {name}, {os.cpu_count()} CPUs,"
         f" Python {sys.version.split()[0]}",
         f"code: {code_version()}; load average {load_at_start:.2f} at start"
         " (other processes on these cores skew every figure alike: read the ratios)",
@@ -1176,7 +1176,7 @@ def targets(report: Report) -> list[str]:
     """DESIGN.md's and issue 3's targets, met or not."""
     lines = ["targets:"]
     drains = [f for f in report.figures if f.section == "drain" and "default" in f.name]
-    if drains:
+    if drains and not math.isnan(drains[0].value):
         rate = drains[0].value
         lines.append(f"  drain >= 5,000 tasks/s (DESIGN.md): {'met' if rate >= 5000 else 'NOT met'} ({rate:,.0f})")
         if report.claim_one_rate:
@@ -1204,12 +1204,15 @@ def run(opts: Options, dsn: str, children: Children, report: Report) -> None:
     with connect(dsn) as conn:
         if others := live_workers(conn):
             raise SystemExit(f"workers are running on this database (id, pid): {others}; stop them first")
+        row = conn.execute("SELECT current_setting('server_version'), current_database()").fetchone()
+        assert row is not None
+        database = (str(row[0]), str(row[1]))
     template = make_template(dsn)
     server: Server | None = None
     try:
         if "bare" in opts.sections:
             progress("1. bare-SQL limit ...")
-            bench_bare(opts, dsn, template, report)
+            section(report, "limit", lambda: bench_bare(opts, dsn, template, report))
         if {"http", "latency"} & opts.sections:
             server = Server(children, env)
         if server is not None and "http" in opts.sections:
@@ -1222,10 +1225,10 @@ def run(opts: Options, dsn: str, children: Children, report: Report) -> None:
             progress(f"4. enqueue-to-start latency, {opts.latency_samples} samples each ...")
             section(report, "latency", lambda: bench_latency(opts, dsn, template, children, env, server, report))
     finally:
-        report.header = header(dsn, opts, server, load_at_start)
+        report.header = header(database, opts, server, load_at_start)
         if server is not None:
             server.stop()
-    with connect(dsn) as conn:
+    with contextlib.suppress(psycopg.Error), connect(dsn) as conn:
         reset_tables(conn)
 
 
