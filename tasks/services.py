@@ -57,10 +57,12 @@ def task_enqueue_many(*, specs: Sequence[TaskSpec]) -> list[tuple[Task, bool]]:
     by_key = {t.idempotency_key: t for t in Task.objects.filter(idempotency_key__in=keys)} if keys else {}
     results: list[tuple[Task, bool]] = []
     new: list[Task] = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if spec.idempotency_key in by_key:
             results.append((by_key[spec.idempotency_key], False))
             continue
+        # A microsecond apart: the claim's created_at tie-break keeps a batch in its order.
+        created_at = now + datetime.timedelta(microseconds=index)
         task = Task(
             type=spec.type,
             payload=spec.payload,
@@ -69,8 +71,8 @@ def task_enqueue_many(*, specs: Sequence[TaskSpec]) -> list[tuple[Task, bool]]:
             run_after=spec.run_after or now,
             max_attempts=spec.max_attempts or default_max_attempts(spec.type),
             idempotency_key=spec.idempotency_key,
-            created_at=now,
-            updated_at=now,
+            created_at=created_at,
+            updated_at=created_at,
         )
         new.append(task)
         results.append((task, True))

@@ -96,6 +96,7 @@ class WorkerPool:
         self._held: dict[uuid.UUID, ClaimedTask] = {}
         self._waiting: set[uuid.UUID] = set()  # held, not yet picked up by a handler thread
         self._started: set[uuid.UUID] = set()  # held, handler running now
+        self._closed = False  # set at the end of shutdown: outcomes are no longer taken
         self._held_lock = threading.Lock()
         self._wake = threading.Event()  # the dispatcher: capacity freed, NOTIFY, or stop
         self._outcome_ready = threading.Event()  # the recorder
@@ -365,9 +366,11 @@ class WorkerPool:
             close_old_connections()
             outcome = self._run_handler(task)
             close_old_connections()
-            self._outcomes.append(outcome)
             with self._held_lock:
                 self._started.discard(task.id)
+                if self._closed:
+                    continue  # past the grace period: _shut_down has handed the task back
+                self._outcomes.append(outcome)
             self._outcome_ready.set()
             if self._free_capacity() >= self.claim_batch:
                 self._wake.set()
@@ -480,7 +483,9 @@ class WorkerPool:
         """Let running tasks finish within the grace period, then hand back what is left."""
         self.log.info("worker_stopping", grace_seconds=self.grace_seconds, in_flight=len(self._held))
         deadline = time.monotonic() + self.grace_seconds
-        self._release(started=False)  # claimed ahead, never started
+        with self._held_lock:
+            never_started = list(self._waiting)
+        self._release(never_started, started=False)
         while not self._stop_now.is_set() and time.monotonic() < deadline:
             with self._held_lock:
                 if not self._started:
@@ -491,7 +496,15 @@ class WorkerPool:
         self._stop_recording.set()
         self._outcome_ready.set()
         recorder.join(timeout=DB_BACKOFF_MAX_SECONDS * 2)
-        released = self._release(started=True)  # still running past the grace period
+        with self._held_lock:
+            # From here on a handler that finishes drops its outcome: its task is handed back below.
+            self._closed = True
+        # Outcomes that arrived after the recorder's last look.
+        with contextlib.suppress(*DB_OUTAGE_ERRORS):
+            self._flush_outcomes()
+        with self._held_lock:
+            still_held = list(self._held)  # running past the grace period, or not recorded
+        released = self._release(still_held, started=True)
         self._with_db_retry(
             lambda: Worker.objects.filter(id=self.worker_id).update(
                 stopped_at=timezone.now(),
@@ -508,9 +521,8 @@ class WorkerPool:
             released_running=released,
         )
 
-    def _release(self, *, started: bool) -> int:
-        with self._held_lock:
-            ids = list(self._started if started else self._waiting)
+    def _release(self, ids: list[uuid.UUID], *, started: bool) -> int:
+        """Hand tasks back to `pending`, attempt uncounted; fenced, so recorded ones stay as they are."""
         if not ids:
             return 0
         count = 0
@@ -519,7 +531,8 @@ class WorkerPool:
             nonlocal count
             count = task_queue.release_tasks(worker_id=self.worker_id, task_ids=ids)
 
-        self._with_db_retry(release, "release")
+        with contextlib.suppress(*DB_OUTAGE_ERRORS):  # if the database is away, the leases expire instead
+            self._with_db_retry(release, "release")
         with self._held_lock:
             for task_id in ids:
                 self._held.pop(task_id, None)

@@ -114,6 +114,7 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
         self._log.close()
+        self.output.unlink(missing_ok=True)  # failing assertions quote the log; keep var/ clean
 
 
 @pytest.fixture

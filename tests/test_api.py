@@ -250,7 +250,11 @@ def test_post_batch__201_array_in_request_order_inserted_together(api):
     assert isinstance(body, list)
     assert [t["payload"] for t in body] == [item["payload"] for item in items]
     assert all(set(t) >= TASK_FIELDS and t["status"] == "pending" for t in body)
-    assert len({t["created_at"] for t in body}) == 1  # one statement, one timestamp
+    # One enqueue: a microsecond apart, in request order (the claim's FIFO tie-break).
+    created = [datetime.datetime.fromisoformat(t["created_at"]) for t in body]
+    assert created == sorted(created)
+    assert len(set(created)) == len(created)
+    assert created[-1] - created[0] < datetime.timedelta(milliseconds=1)
     assert set(Task.objects.values_list("id", flat=True)) == {uuid.UUID(t["id"]) for t in body}
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from tasks import queue
 from tasks.models import Task, TaskStatus
-from tasks.services import task_enqueue
+from tasks.services import TaskSpec, task_enqueue, task_enqueue_many
 
 WORKER_A, WORKER_B = "worker-a", "worker-b"
 
@@ -223,3 +223,10 @@ def test_release_tasks__back_to_pending_without_burning_the_attempt():
     assert queue.release_tasks(worker_id=WORKER_A, task_ids=[claimed.id]) == 1
     task = Task.objects.get(id=claimed.id)
     assert (task.status, task.attempts, task.lease_expires_at) == (TaskStatus.PENDING, 0, None)
+
+
+@pytest.mark.django_db
+def test_claim_ready_tasks__a_batch_is_claimed_in_its_order():
+    specs = [TaskSpec(type="noop", payload={"n": n}) for n in range(30)]
+    task_enqueue_many(specs=specs)
+    assert [t.payload["n"] for t in _claim(limit=30)] == list(range(30))
