@@ -50,6 +50,7 @@ OUT_DIR = ROOT / "var" / "bench"
 DEFAULT_DSN = "postgres://postgres@127.0.0.1:5432/taskflow_bench"
 
 DRAIN_POLL_SECONDS = 0.01  # how often the drain's progress is counted
+ADJACENT_BARE_ROWS = 3000  # rows of the short bare loop run right before each drain
 DRAIN_STALL_SECONDS = 15.0  # a drain with no progress for this long is given up
 STOP_TIMEOUT_SECONDS = 20.0  # SIGTERM, then SIGKILL after this long
 SERVER_START_TIMEOUT_SECONDS = 30.0
@@ -546,6 +547,17 @@ def bench_bare(opts: Options, dsn: str, template: RowTemplate, report: Report) -
         reset_tables(conn)
 
 
+def bare_claim_one_rate(dsn: str, template: RowTemplate, threads: int, rows: int) -> float:
+    """The bare one-row loop alone, on `rows` freshly inserted rows: tasks/s."""
+    with connect(dsn) as conn:
+        reset_tables(conn)
+        template.insert(conn, rows, queue=TEMPLATE_QUEUE)
+        analyze(conn)
+        claimed, seconds = run_threads(dsn, threads, _claim_one_loop)
+        reset_tables(conn)
+    return claimed / seconds
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -823,6 +835,9 @@ def drain_once(
     """Seed `opts.tasks` noop tasks, start runworkers, and time it until every one is finished."""
     label = "default" if prefetch is None else str(prefetch)
     log_path = OUT_DIR / f"drain-prefetch-{label}.log"
+    # The machine's load moves from minute to minute: a short bare loop right before the
+    # drain gives a reference taken under the same conditions.
+    adjacent = bare_claim_one_rate(dsn, template, opts.bare_threads, ADJACENT_BARE_ROWS)
     with connect(dsn) as conn:
         reset_tables(conn)
         template.insert(conn, opts.tasks, queue=TEMPLATE_QUEUE)
@@ -869,6 +884,7 @@ def drain_once(
         detail += f"; WARNING not all done once: attempts<>1: {retried}, failed: {failed}"
     if returncode != 0:
         detail += f"; runworkers exited {returncode}"
+    detail += f"; bare 1-row loop just before: {adjacent:,.0f} tasks/s, so {steady_rate / adjacent:.2f}x that"
     if profiler is not None:
         notes.extend(summarize_profile(profiler.output))
     return Figure("drain", name, steady_rate, "tasks/s", rate_text(steady_rate), "", detail)
