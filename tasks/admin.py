@@ -33,7 +33,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from tasks import dashboard as selectors
+from tasks import dashboard
 from tasks.models import Task, TaskStatus, Worker
 from tasks.services import TaskNotFound, TransitionNotAllowed, task_cancel, task_retry, task_run_now
 
@@ -103,8 +103,8 @@ def format_timestamp(value: datetime.datetime | None, *, compact: bool = False) 
     return format_html('<time datetime="{}" title="{} ({})">{}</time>', iso, iso, relative, text)
 
 
-def status_badge(status: str, label: str | None = None) -> str:
-    return format_html('<span class="tf-badge tf-status-{}">{}</span>', status, label or status)
+def status_badge(status: str) -> str:
+    return format_html('<span class="tf-badge tf-status-{}">{}</span>', status, status)
 
 
 def pretty_json(value: Any) -> str:
@@ -126,7 +126,7 @@ def _changelist_url(model: type[Task] | type[Worker], **params: str) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-def dashboard_context(board: selectors.Dashboard) -> dict[str, Any]:
+def dashboard_context(board: dashboard.Dashboard) -> dict[str, Any]:
     """What the dashboard template shows, formatted: the template only lays it out."""
     tasks_url, workers_url = _changelist_url(Task), _changelist_url(Worker)
     counts = board.status_counts
@@ -151,8 +151,12 @@ def dashboard_context(board: selectors.Dashboard) -> dict[str, Any]:
         alerts.append(
             {
                 "level": "warning",
-                "text": f"{board.expired_leases} running tasks hold expired leases: their worker stopped "
-                "renewing them. A live worker gives them back to pending.",
+                "text": (
+                    "1 running task holds an expired lease"
+                    if board.expired_leases.value == 1
+                    else f"{board.expired_leases} running tasks hold expired leases"
+                )
+                + ": the worker stopped renewing it. A live worker hands such tasks back to pending.",
                 "url": _changelist_url(Task, condition="lease_expired"),
                 "link": "See them",
             }
@@ -161,13 +165,14 @@ def dashboard_context(board: selectors.Dashboard) -> dict[str, Any]:
         alerts.append(
             {
                 "level": "warning",
-                "text": f"{board.workers_lost} worker(s) went silent in the last 24 h without stopping.",
+                "text": f"{board.workers_lost} worker{'' if board.workers_lost == 1 else 's'} went silent "
+                "in the last 24 h without stopping.",
                 "url": f"{workers_url}?state=unresponsive",
                 "link": "See them",
             }
         )
     oldest = board.oldest_pending
-    hour_ago = board.now - datetime.timedelta(minutes=selectors.THROUGHPUT_MINUTES)
+    hour_ago = board.now - datetime.timedelta(minutes=dashboard.THROUGHPUT_MINUTES)
     workers = [
         {
             "name": str(w),
@@ -196,7 +201,7 @@ def dashboard_context(board: selectors.Dashboard) -> dict[str, Any]:
         "failed_last_hour_url": _changelist_url(Task, status__exact="failed", finished_at__gte=_iso(hour_ago)),
         "threads_alive": sum(w.concurrency for w in board.workers_alive),
         "workers": workers,
-        "bounded_count_limit": f"{selectors.BOUNDED_COUNT_LIMIT:,}",
+        "bounded_count_limit": f"{dashboard.BOUNDED_COUNT_LIMIT:,}",
         "tasks_url": tasks_url,
         "workers_url": workers_url,
     }
@@ -209,8 +214,8 @@ class TaskPaginator(TaskPaginatorBase):
     """Counts at most BOUNDED_COUNT_LIMIT rows; past that, pages follow the planner's estimate."""
 
     @cached_property
-    def approximate_count(self) -> selectors.ApproximateCount:
-        return selectors.count_tasks(self.object_list)  # type: ignore[arg-type]
+    def approximate_count(self) -> dashboard.ApproximateCount:
+        return dashboard.count_tasks(self.object_list)  # type: ignore[arg-type]
 
     @cached_property
     def count(self) -> int:
@@ -249,7 +254,7 @@ class TaskTypeFilter(admin.SimpleListFilter):
     parameter_name = "type"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        return [(name, name) for name in selectors.task_type_choices(include=[self.value() or ""])]
+        return [(name, name) for name in dashboard.task_type_choices(include=[self.value() or ""])]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         # task_type_created_idx serves WHERE type = ... ORDER BY created_at DESC.
@@ -261,7 +266,7 @@ class TaskQueueFilter(admin.SimpleListFilter):
     parameter_name = "queue"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        return [(name, name) for name in selectors.task_queue_choices(include=[self.value() or ""])]
+        return [(name, name) for name in dashboard.task_queue_choices(include=[self.value() or ""])]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         # task_queue_created_idx serves WHERE queue = ... ORDER BY created_at DESC.
@@ -301,7 +306,7 @@ class RunningOnWorkerFilter(admin.SimpleListFilter):
     parameter_name = "worker"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        alive = selectors.workers_in_state(selectors.WorkerState.ALIVE, now=timezone.now())
+        alive = dashboard.workers_in_state(dashboard.WorkerState.ALIVE, now=timezone.now())
         names = {w.id: str(w) for w in alive.order_by("-started_at")}
         if self.value() and self.value() not in names:
             names[self.value() or ""] = self.value() or ""
@@ -360,7 +365,7 @@ RUN_NOW = TaskAction(
     transition=task_run_now,
     past_tense="made ready to run now",
     allowed=(TaskStatus.PENDING,),
-    rule="only pending tasks can be run now (retry failed or cancelled ones)",
+    rule="only pending tasks can be run now",
 )
 TASK_ACTIONS = (RETRY, CANCEL, RUN_NOW)
 
@@ -402,16 +407,15 @@ def describe_outcome(action: TaskAction, outcome: ActionOutcome) -> str:
         if cancelled or not stopping:
             parts.append(f"{_tasks(cancelled)} cancelled")
         if stopping:
-            parts.append(
-                f"{_tasks(stopping)} running asked to stop (the handler may finish this attempt; it is not retried)"
-            )
+            running = "1 running task" if stopping == 1 else f"{stopping:,} running tasks"
+            parts.append(f"{running} asked to stop (the handler may finish this attempt; it is not retried)")
     else:
         parts.append(f"{_tasks(len(outcome.changed))} {action.past_tense}")
     if outcome.skipped:
         statuses = ", ".join(f"{n:,} {status}" for status, n in sorted(outcome.skipped.items()))
         parts.append(f"{sum(outcome.skipped.values()):,} skipped: {action.rule} ({statuses})")
     if outcome.missing:
-        parts.append(f"{_tasks(outcome.missing)} no longer exist")
+        parts.append(f"{_tasks(outcome.missing)} no longer exist{'s' if outcome.missing == 1 else ''}")
     if outcome.truncated:
         parts.append(f"only the first {ACTION_MAX_TASKS:,} selected were handled: run the action again for the rest")
     message = "; ".join(parts)
@@ -541,8 +545,8 @@ class TaskAdmin(TaskModelAdmin):
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
             pass
-        # Text search reads rows newest first until a page is full: a payload match is a
-        # scan (a pg_trgm index on payload::text would serve it; see the admin notes).
+        # Text search reads rows newest first until a page is full: matching payload text is
+        # a scan (a pg_trgm GIN index on UPPER(payload::text) would serve it).
         condition = Q(type__icontains=term) | Q(payload__icontains=term)
         if (id_range := _id_prefix_range(term)) is not None:
             condition |= Q(id__range=id_range)
@@ -559,7 +563,7 @@ class TaskAdmin(TaskModelAdmin):
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        board = selectors.dashboard()
+        board = dashboard.dashboard_snapshot()
         context = {
             **self.admin_site.each_context(request),
             **dashboard_context(board),
@@ -700,7 +704,7 @@ class TaskAdmin(TaskModelAdmin):
         worker = Worker.objects.filter(id=task.worker_id).first()
         if worker is None:
             return format_html("<code>{}</code> (no longer registered)", task.worker_id)
-        state = selectors.worker_state(worker, now=timezone.now())
+        state = dashboard.worker_state(worker, now=timezone.now())
         url = reverse("admin:tasks_worker_change", args=[quote(worker.id)])
         return format_html('<a href="{}"><code>{}</code></a> {}', url, worker.id, status_badge(state))
 
@@ -732,7 +736,7 @@ class TaskAdmin(TaskModelAdmin):
             items.append(
                 (
                     entry.get("attempt", "?"),
-                    entry.get("at", "?"),
+                    _entry_time(entry.get("at")),
                     entry.get("type", "Error"),
                     entry.get("message", ""),
                     entry.get("worker_id") or "unknown worker",
@@ -742,11 +746,19 @@ class TaskAdmin(TaskModelAdmin):
         rows = format_html_join(
             "",
             '<li><div class="tf-error-head"><span class="tf-attempt">attempt {}</span> '
-            '<time>{}</time> <strong>{}</strong>: <span class="tf-error-message">{}</span> '
+            '{} <strong>{}</strong>: <span class="tf-error-message">{}</span> '
             '<span class="tf-quiet">on {}</span></div>{}</li>',
             items,
         )
         return format_html('<ol class="tf-errors">{}</ol>', rows)
+
+
+def _entry_time(value: Any) -> str:
+    """An error entry's "at" (ISO 8601, as tasks/queue.py writes it) as a <time> element."""
+    try:
+        return format_timestamp(datetime.datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value or "?")
 
 
 def _valid_uuid(value: str) -> uuid.UUID | None:
@@ -764,13 +776,13 @@ class WorkerStateFilter(admin.SimpleListFilter):
     parameter_name = "state"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        return [(state.value, state.value) for state in selectors.WorkerState]
+        return [(state.value, state.value) for state in dashboard.WorkerState]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() not in selectors.WorkerState:
+        if self.value() not in dashboard.WorkerState:
             return queryset
-        state = selectors.WorkerState(self.value() or "")
-        return queryset & selectors.workers_in_state(state, now=timezone.now())
+        state = dashboard.WorkerState(self.value() or "")
+        return queryset.filter(dashboard.worker_state_condition(state, now=timezone.now()))
 
 
 @admin.register(Worker)
@@ -820,7 +832,7 @@ class WorkerAdmin(WorkerModelAdmin):
         return super().changelist_view(request, {"title": "Workers", **(extra_context or {})})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
-        return selectors.with_running_counts(super().get_queryset(request))
+        return dashboard.with_running_counts(super().get_queryset(request))
 
     @admin.display(description="worker")
     def name(self, worker: Worker) -> str:
@@ -829,8 +841,8 @@ class WorkerAdmin(WorkerModelAdmin):
     @admin.display(description="state")
     def state_display(self, worker: Worker) -> str:
         now = timezone.now()
-        state = selectors.worker_state(worker, now=now)
-        if state == selectors.WorkerState.UNRESPONSIVE:
+        state = dashboard.worker_state(worker, now=now)
+        if state == dashboard.WorkerState.UNRESPONSIVE:
             silent = format_duration(now - worker.last_heartbeat_at)
             return format_html('{} <span class="tf-quiet">silent {}</span>', status_badge(state), silent)
         return status_badge(state)

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Substr, TruncMinute
 from django.utils import timezone
 
@@ -144,12 +144,16 @@ def worker_state(worker: Worker, *, now: datetime.datetime) -> WorkerState:
     return WorkerState.UNRESPONSIVE
 
 
-def workers_in_state(state: WorkerState, *, now: datetime.datetime) -> QuerySet[Worker]:
+def worker_state_condition(state: WorkerState, *, now: datetime.datetime) -> Q:
     if state == WorkerState.STOPPED:
-        return Worker.objects.filter(stopped_at__isnull=False)
+        return Q(stopped_at__isnull=False)
     if state == WorkerState.ALIVE:
-        return Worker.objects.alive(alive_window())
-    return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat_at__lt=now - alive_window())
+        return Q(stopped_at__isnull=True, last_heartbeat_at__gte=now - alive_window())
+    return Q(stopped_at__isnull=True, last_heartbeat_at__lt=now - alive_window())
+
+
+def workers_in_state(state: WorkerState, *, now: datetime.datetime) -> QuerySet[Worker]:
+    return Worker.objects.filter(worker_state_condition(state, now=now))
 
 
 def with_running_counts(queryset: QuerySet[Worker]) -> QuerySet[Worker]:
@@ -368,7 +372,8 @@ def failure_groups(*, limit: int = 8) -> list[FailureGroup]:
     return [FailureGroup(type=t, error=e, count=n) for (t, e), n in groups.most_common(limit)]
 
 
-def dashboard(*, now: datetime.datetime | None = None) -> Dashboard:
+def dashboard_snapshot(*, now: datetime.datetime | None = None) -> Dashboard:
+    """Everything the dashboard shows, in a dozen queries that each read a bounded number of rows."""
     now = now or timezone.now()
     status_counts: dict[str, ApproximateCount] = {}
     backlog: dict[str, Counter[str]] = {}

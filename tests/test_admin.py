@@ -436,7 +436,7 @@ def test_cancel_action__cancels_pending_and_asks_running_to_stop(admin_client):
     pending, running, done = _task(), _task(status=TaskStatus.RUNNING, worker_id="w"), _task(status=TaskStatus.DONE)
     response = _act(admin_client, "cancel_tasks", pending, running, done)
     assert _messages(response) == [
-        "1 task cancelled; 1 task running asked to stop (the handler may finish this attempt; it is not retried); "
+        "1 task cancelled; 1 running task asked to stop (the handler may finish this attempt; it is not retried); "
         "1 skipped: only pending or running tasks can be cancelled (1 done)"
     ]
     assert [_status(t) for t in (pending, running, done)] == ["cancelled", "running", "done"]
@@ -454,8 +454,7 @@ def test_run_now_action__makes_waiting_tasks_ready(admin_client):
     waiting, retrying, failed = _task(run_after=later), _task(run_after=later, attempts=1), _failed()
     response = _act(admin_client, "run_tasks_now", waiting, retrying, failed)
     assert _messages(response) == [
-        "2 tasks made ready to run now; "
-        "1 skipped: only pending tasks can be run now (retry failed or cancelled ones) (1 failed)"
+        "2 tasks made ready to run now; 1 skipped: only pending tasks can be run now (1 failed)"
     ]
     assert Task.objects.filter(id__in=[waiting.id, retrying.id], run_after__lte=timezone.now()).count() == 2
     assert _status(failed) == TaskStatus.FAILED
@@ -610,7 +609,7 @@ def test_dashboard__numbers_match_the_database(admin_client):
     assert f'href="{CHANGELIST}?type=noop&amp;status__exact=pending">2<' in html
     assert "2 h" in html  # the oldest pending task's age
     assert html.count('class="tf-bar-done"') == 2  # two minutes with finished tasks
-    assert "1 worker(s) went silent" in html
+    assert "1 worker went silent" in html
 
 
 def test_dashboard__alerts_when_work_waits_and_no_worker_lives(admin_client):
@@ -672,3 +671,30 @@ def test_id_prefix_search_range_covers_exactly_the_prefix():
     )
     assert task_admin._id_prefix_range("email") is None
     assert task_admin._id_prefix_range("abc") is None  # too short to be an id prefix
+
+
+def test_describe_outcome__tasks_deleted_meanwhile_are_counted():
+    outcome = task_admin.ActionOutcome(changed=[_failed()], missing=1)
+    assert task_admin.describe_outcome(task_admin.RETRY, outcome) == "1 task retried; 1 task no longer exists"
+
+
+def test_worker_page__shows_one_worker_with_its_running_tasks(admin_client):
+    _worker("alive-1", queues=["emails"], processed_count=7)
+    _task(status=TaskStatus.RUNNING, worker_id="alive-1")
+    response = admin_client.get(reverse("admin:tasks_worker_change", args=["alive-1"]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<span class="tf-badge tf-status-alive">alive</span>' in html
+    assert f'<a href="{CHANGELIST}?worker=alive-1">1 running</a>' in html
+    assert "emails" in html
+    assert 'name="_save"' not in html
+
+
+def test_dashboard__warns_about_expired_leases(admin_client):
+    _worker("alive-1")
+    _task(status=TaskStatus.RUNNING, worker_id="gone", lease_expires_at=timezone.now() - datetime.timedelta(minutes=2))
+    response = admin_client.get(DASHBOARD)
+    assert response.context["dashboard"].expired_leases.value == 1
+    html = response.content.decode()
+    assert "1 running task holds an expired lease" in html
+    assert f'href="{CHANGELIST}?condition=lease_expired"' in html
