@@ -48,6 +48,16 @@ class Handler:
     max_attempts: int | None = None
     signature: inspect.Signature = field(compare=False)
 
+    def call(self, payload: dict[str, Any]) -> Any:
+        """Run the handler with the payload's keys as keyword arguments."""
+        try:
+            return self.func(**payload)
+        except TypeError:
+            # The fit is checked only on failure: binding every call would cost more than
+            # the calls. A payload that does not fit fails before the handler's body runs.
+            self.bind(payload)  # PermanentError when the payload does not fit
+            raise
+
     def bind(self, payload: dict[str, Any]) -> inspect.BoundArguments:
         """Match the payload to the handler's parameters; PermanentError when they do not fit."""
         try:

@@ -57,24 +57,31 @@ def _as_json(value: Any) -> Any:
 # number of workers claim at once without waiting on each other or taking the same row;
 # SQLite takes the database's write lock for the statement, which serialises claims instead.
 # One statement in autocommit: no BEGIN/COMMIT round trips on the hottest path.
-_CLAIM_UPDATE = """
-UPDATE tasks_task
-SET status = 'running', attempts = attempts + 1, worker_id = %s,
-    lease_expires_at = %s, started_at = %s, updated_at = %s, finished_at = NULL
-WHERE id IN (
+_READY_IDS = """
     SELECT id FROM tasks_task
     WHERE status = 'pending' AND run_after <= %s {queue_filter}
     ORDER BY priority DESC, run_after, created_at
     LIMIT %s {lock}
-)
+"""
+_CLAIM_UPDATE = """
+UPDATE tasks_task
+SET status = 'running', attempts = attempts + 1, worker_id = %s,
+    lease_expires_at = %s, started_at = %s, updated_at = %s, finished_at = NULL
+WHERE {ids_match}
 RETURNING id, type, payload, attempts, max_attempts, queue, priority, run_after, created_at
 """
-# RETURNING gives rows in no set order; threads should still start the highest priority first.
+# = ANY(ARRAY(...)) runs the locking subquery once and probes the primary key; PostgreSQL
+# plans IN (...) as a join that scans more. RETURNING gives rows in no set order: the outer
+# SELECT sorts them, so threads start the highest priority first.
 _CLAIM_SQL_POSTGRES = (
-    "WITH claimed AS (" + _CLAIM_UPDATE + ")\n"  # noqa: S608 - constant text; values are bound parameters
-    "SELECT id, type, payload, attempts, max_attempts, queue FROM claimed\n"
+    "WITH claimed AS ("
+    + _CLAIM_UPDATE.replace(
+        "{ids_match}", "id = ANY(ARRAY(" + _READY_IDS.replace("{lock}", "FOR UPDATE SKIP LOCKED") + "))"
+    )
+    + ")\nSELECT id, type, payload, attempts, max_attempts, queue FROM claimed\n"
     "ORDER BY priority DESC, run_after, created_at"
 )
+_CLAIM_SQL_SQLITE = _CLAIM_UPDATE.replace("{ids_match}", "id IN (" + _READY_IDS.replace("{lock}", "") + ")")
 
 
 def claim_ready_tasks(
@@ -87,11 +94,11 @@ def claim_ready_tasks(
     params = [worker_id, lease, _db_time(now), _db_time(now), _db_time(now), *queues, limit]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(_CLAIM_SQL_POSTGRES.format(queue_filter=queue_filter, lock="FOR UPDATE SKIP LOCKED"), params)
+            cursor.execute(_CLAIM_SQL_POSTGRES.replace("{queue_filter}", queue_filter), params)
             rows = cursor.fetchall()
         else:
             # SQLite has no RETURNING inside a CTE: sort here on the extra columns.
-            cursor.execute(_CLAIM_UPDATE.format(queue_filter=queue_filter, lock=""), params)
+            cursor.execute(_CLAIM_SQL_SQLITE.replace("{queue_filter}", queue_filter), params)
             rows = sorted(cursor.fetchall(), key=lambda row: (-row[6], row[7], row[8]))
     return [
         ClaimedTask(

@@ -40,9 +40,15 @@ log = structlog.get_logger("tasks.worker")
 DB_BACKOFF_INITIAL_SECONDS = 0.1
 DB_BACKOFF_MAX_SECONDS = 5.0
 LISTEN_TIMEOUT_SECONDS = 1.0  # how often the listener checks whether to stop
+THREAD_EXIT_WAIT_SECONDS = LISTEN_TIMEOUT_SECONDS + 1.0
 # Outcomes are written in batches: the recorder lets a few more arrive before it writes,
 # unless this many are already waiting.
 RECORD_LINGER_SECONDS = 0.002
+DEFAULT_PREFETCH_PER_THREAD = 20  # the most tasks claimed ahead, per thread (--prefetch overrides)
+# Claim ahead only about this much work per thread: no-op tasks are claimed by the
+# hundred, while tasks of a second are not claimed ahead at all, so other worker
+# processes can take them.
+PREFETCH_HORIZON_SECONDS = 0.05
 RECORD_BATCH_TARGET = 50
 # What a lost or restarting database raises; anything else (a bad statement) is a bug and
 # stops the worker rather than looping.
@@ -79,12 +85,10 @@ class WorkerPool:
         self.concurrency = concurrency
         self.queues = tuple(queues)
         self.grace_seconds = grace_seconds
-        # Claiming ahead of the free threads amortises one claim over many tasks.
-        self.prefetch = concurrency * 4 if prefetch is None else prefetch
-        self.capacity = concurrency + self.prefetch
-        # With a backlog, claim once half the capacity is free rather than one task per
-        # statement; the threads still have the other half to work through meanwhile.
-        self.claim_batch = max(1, min(concurrency, self.capacity // 2))
+        # Claiming ahead of the free threads amortises one claim over many short tasks; see
+        # _prefetch for how far ahead.
+        self.max_prefetch = DEFAULT_PREFETCH_PER_THREAD * concurrency if prefetch is None else prefetch
+        self._mean_task_seconds: float | None = None
         self.lease_seconds = lease_seconds or config["LEASE_SECONDS"]
         self.heartbeat_seconds = self.lease_seconds / 3
         self.poll_interval_seconds = poll_interval_seconds or config["POLL_INTERVAL_SECONDS"]
@@ -127,7 +131,7 @@ class WorkerPool:
             "worker_started",
             concurrency=self.concurrency,
             queues=list(self.queues) or "all",
-            prefetch=self.prefetch,
+            max_prefetch=self.max_prefetch,
             lease_seconds=self.lease_seconds,
             database=connection.vendor,
         )
@@ -151,6 +155,11 @@ class WorkerPool:
             for _ in range(self.concurrency):
                 self._todo.put(None)
             _drop_connection()
+            # Let the threads close their connections; one still stuck in a handler past the
+            # grace period is a daemon and ends with the process.
+            deadline = time.monotonic() + THREAD_EXIT_WAIT_SECONDS
+            for thread in self._threads:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         # Daemon threads: a handler stuck past the grace period must not keep the process alive.
@@ -174,17 +183,31 @@ class WorkerPool:
 
     # Dispatcher ------------------------------------------------------------------------
 
-    def _free_capacity(self) -> int:
+    def _prefetch(self) -> int:
+        """How many tasks to hold beyond the busy threads, from how long tasks take lately."""
+        mean = self._mean_task_seconds
+        if mean is None:
+            return min(self.max_prefetch, self.concurrency)
+        return min(self.max_prefetch, int(self.concurrency * PREFETCH_HORIZON_SECONDS / max(mean, 1e-6)))
+
+    def _claim_size(self) -> int:
+        """How many tasks to claim now; 0 while too few slots are free to be worth a statement.
+
+        With a backlog, claim once half the prefetch buffer is free rather than one task per
+        statement; the threads still have the other half to work through meanwhile.
+        """
+        prefetch = self._prefetch()
         with self._held_lock:
             # Outcomes waiting for the recorder do not take capacity.
-            return self.capacity - len(self._waiting) - len(self._started)
+            free = self.concurrency + prefetch - len(self._waiting) - len(self._started)
+        return free if free >= max(1, prefetch // 2) else 0
 
     def _dispatch_loop(self) -> None:
         next_poll = 0.0
         backoff = DB_BACKOFF_INITIAL_SECONDS
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self._free_capacity()
+            free = self._claim_size()
             if free > 0 and (self._notified or time.monotonic() >= next_poll):
                 self._notified = False
                 try:
@@ -208,7 +231,6 @@ class WorkerPool:
                 self._held[task.id] = task
                 self._waiting.add(task.id)
         for task in claimed:
-            self.log.info("task_claimed", task_id=str(task.id), type=task.type, queue=task.queue, attempt=task.attempt)
             self._todo.put(task)
         return claimed
 
@@ -363,8 +385,11 @@ class WorkerPool:
                     continue  # not started: _shut_down hands it back
                 self._waiting.discard(task.id)
                 self._started.add(task.id)
-            close_old_connections()
+            self.log.info("task_started", task_id=str(task.id), type=task.type, queue=task.queue, attempt=task.attempt)
             outcome = self._run_handler(task)
+            seconds, mean = outcome.duration_ms / 1000, self._mean_task_seconds
+            self._mean_task_seconds = seconds if mean is None else mean * 0.9 + seconds * 0.1  # for _prefetch
+            # A handler that used the ORM leaves this thread a connection: drop it if broken or old.
             close_old_connections()
             with self._held_lock:
                 self._started.discard(task.id)
@@ -372,7 +397,7 @@ class WorkerPool:
                     continue  # past the grace period: _shut_down has handed the task back
                 self._outcomes.append(outcome)
             self._outcome_ready.set()
-            if self._free_capacity() >= self.claim_batch:
+            if self._claim_size():
                 self._wake.set()
 
     def _run_handler(self, task: ClaimedTask) -> Success | Failure:
@@ -390,8 +415,7 @@ class WorkerPool:
             handler = registry.get(task.type)
             if handler is None:
                 raise PermanentError(f"no handler for type {task.type!r}; known: {', '.join(registry.names())}")
-            bound = handler.bind(task.payload)
-            result = handler.func(*bound.args, **bound.kwargs)
+            result = handler.call(task.payload)
             try:
                 result_json = _encode_result(result)
             except (TypeError, ValueError) as exc:
