@@ -39,7 +39,7 @@ log = structlog.get_logger("tasks.worker")
 
 DB_BACKOFF_INITIAL_SECONDS = 0.1
 DB_BACKOFF_MAX_SECONDS = 5.0
-LISTEN_TIMEOUT_SECONDS = 1.0  # how often the listener checks whether to stop
+LISTEN_TIMEOUT_SECONDS = 0.25  # how often the idle listener checks whether to stop
 THREAD_EXIT_WAIT_SECONDS = LISTEN_TIMEOUT_SECONDS + 1.0
 # Outcomes are written in batches: the recorder lets a few more arrive before it writes,
 # unless this many are already waiting.
