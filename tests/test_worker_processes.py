@@ -320,14 +320,18 @@ def test_runworkers_kill9__task_on_its_last_attempt_ends_failed(worker_process: 
 )
 def test_runworkers_kill9__tasks_claimed_ahead_but_never_started_still_run(worker_process: StartWorker, key_prefix):
     lease = KILL_LEASE_SECONDS
-    # One thread, so the urgent long task runs and the other three wait in the prefetch buffer.
-    running = task_enqueue(
-        type="block", payload={"key": f"{key_prefix}running", "seconds": 30}, priority=10, max_attempts=1
-    )
-    waiting = [
-        task_enqueue(type="count", payload={"key": f"{key_prefix}waiting-{i}"}, max_attempts=1) for i in range(3)
-    ]
     first = worker_process("--workers", "1", "--prefetch", "3", "--lease", str(lease))
+    # Quick tasks first: the worker claims ahead only once it has seen tasks are short.
+    warm_up = [task_enqueue(type="noop") for _ in range(5)]
+    wait_for(lambda: Task.objects.filter(id__in=[t.id for t in warm_up], status=TaskStatus.DONE).count() == 5, [first])
+    # One thread, so the urgent long task runs and the other three wait in the prefetch buffer.
+    running, *waiting = task_enqueue_many(
+        specs=[
+            TaskSpec(type="block", payload={"key": f"{key_prefix}running", "seconds": 30}, priority=10, max_attempts=1),
+            *(TaskSpec(type="count", payload={"key": f"{key_prefix}waiting-{i}"}, max_attempts=1) for i in range(3)),
+        ]
+    )
+    running, waiting = running[0], [task for task, _ in waiting]
     wait_for(lambda: Task.objects.filter(status=TaskStatus.RUNNING).count() == 4, [first])
     wait_for(lambda: side_effects(key_prefix) == {f"{key_prefix}running": 1}, [first])
 
@@ -337,7 +341,10 @@ def test_runworkers_kill9__tasks_claimed_ahead_but_never_started_still_run(worke
     wait_for(
         lambda: Task.objects.filter(id=running.id, status=TaskStatus.FAILED).exists(), [second], timeout=lease + 15
     )
-    wait_for(lambda: Task.objects.filter(status__in=[TaskStatus.DONE, TaskStatus.FAILED]).count() == 4, [second])
+    ids = [running.id, *(t.id for t in waiting)]
+    wait_for(
+        lambda: Task.objects.filter(id__in=ids, status__in=[TaskStatus.DONE, TaskStatus.FAILED]).count() == 4, [second]
+    )
 
     # The task that was running is out of attempts; the three that never started are not.
     assert statuses(waiting) == {f"{key_prefix}waiting-{i}": (TaskStatus.DONE, 1) for i in range(3)}
