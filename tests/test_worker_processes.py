@@ -325,13 +325,13 @@ def test_runworkers_kill9__tasks_claimed_ahead_but_never_started_still_run(worke
     warm_up = [task_enqueue(type="noop") for _ in range(5)]
     wait_for(lambda: Task.objects.filter(id__in=[t.id for t in warm_up], status=TaskStatus.DONE).count() == 5, [first])
     # One thread, so the urgent long task runs and the other three wait in the prefetch buffer.
-    running, *waiting = task_enqueue_many(
+    enqueued = task_enqueue_many(
         specs=[
             TaskSpec(type="block", payload={"key": f"{key_prefix}running", "seconds": 30}, priority=10, max_attempts=1),
             *(TaskSpec(type="count", payload={"key": f"{key_prefix}waiting-{i}"}, max_attempts=1) for i in range(3)),
         ]
     )
-    running, waiting = running[0], [task for task, _ in waiting]
+    running, *waiting = [task for task, _created in enqueued]
     wait_for(lambda: Task.objects.filter(status=TaskStatus.RUNNING).count() == 4, [first])
     wait_for(lambda: side_effects(key_prefix) == {f"{key_prefix}running": 1}, [first])
 
