@@ -95,12 +95,13 @@ class TaskListCreateView(APIView):
             if not 1 <= len(data) <= max_batch():
                 raise ValidationError(error_body(f"a batch holds 1 to {max_batch()} tasks, not {len(data)}"))
             specs, item_errors = [], {}
+            # One serializer for every item: building one per item copies its fields each time.
+            serializer = TaskCreateSerializer()
             for index, item in enumerate(data):
-                serializer = TaskCreateSerializer(data=item)
-                if serializer.is_valid():
-                    specs.append(serializer.to_spec(serializer.validated_data))
-                else:
-                    item_errors[str(index)] = serializer.errors
+                try:
+                    specs.append(serializer.to_spec(serializer.run_validation(item)))
+                except ValidationError as exc:
+                    item_errors[str(index)] = exc.detail
             if item_errors:
                 raise ValidationError(error_body("invalid tasks in batch; none was enqueued", items=item_errors))
             results = services.task_enqueue_many(specs=specs)
