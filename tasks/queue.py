@@ -271,6 +271,7 @@ def recover_expired_leases(*, limit: int = LEASE_RECOVERY_BATCH) -> list[Task]:
                 # The attempt was lost, not failed by the handler: try again straight away.
                 row.run_after = row.updated_at
                 row.save(update_fields=["run_after"])
+        notify_ready(row.queue for row in rows if row.status == TaskStatus.PENDING)
     return rows
 
 
@@ -280,17 +281,24 @@ def release_tasks(*, worker_id: str, task_ids: Iterable[uuid.UUID]) -> int:
     if not ids:
         return 0
     now = timezone.now()
-    return Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING).update(
+    released = Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING).update(
         status=TaskStatus.PENDING,
         attempts=F("attempts") - 1,
         lease_expires_at=None,
         run_after=now,
         updated_at=now,
     )
+    if released:
+        # Other workers may be idle: they take these now rather than at their next poll.
+        notify_ready(Task.objects.filter(id__in=ids).values_list("queue", flat=True).distinct())
+    return released
 
 
-def notify_enqueued(queues: Iterable[str]) -> None:
-    """Wake idle PostgreSQL workers; NOTIFY is transactional, so it fires when the enqueue commits."""
+def notify_ready(queues: Iterable[str]) -> None:
+    """Wake idle PostgreSQL workers for tasks made ready by an UPDATE (inserts notify by trigger).
+
+    NOTIFY is transactional: inside a transaction it fires when that commits.
+    """
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:

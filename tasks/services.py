@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tasks.handlers import registry
 from tasks.models import DEFAULT_QUEUE, Task, TaskStatus
-from tasks.queue import notify_enqueued
+from tasks.queue import notify_ready
 
 
 class TaskNotFound(Exception):
@@ -96,9 +96,8 @@ def task_enqueue_many(*, specs: Sequence[TaskSpec]) -> list[tuple[Task, bool]]:
             else (task, created)
             for task, created in results
         ]
-    # After the insert commits (or with the caller's transaction, which PostgreSQL holds
-    # the notification for), so a woken worker finds the rows.
-    notify_enqueued(t.queue for t in new)
+    # No NOTIFY here: on PostgreSQL the insert trigger (migration 0002) sends it with the
+    # commit, so a woken worker finds the rows.
     return results
 
 
@@ -164,7 +163,7 @@ def task_retry(*, task_id: uuid.UUID | str) -> Task:
         },
         "retry",
     )
-    notify_enqueued([task.queue])
+    notify_ready([task.queue])
     return task
 
 
@@ -193,5 +192,5 @@ def task_cancel(*, task_id: uuid.UUID | str) -> Task:
 def task_run_now(*, task_id: uuid.UUID | str) -> Task:
     """A pending task waiting for run_after (or a retry's backoff) becomes ready now."""
     task = _transition(task_id, [TaskStatus.PENDING], {"run_after": timezone.now()}, "run now")
-    notify_enqueued([task.queue])
+    notify_ready([task.queue])
     return task

@@ -230,3 +230,27 @@ def test_claim_ready_tasks__a_batch_is_claimed_in_its_order():
     specs = [TaskSpec(type="noop", payload={"n": n}) for n in range(30)]
     task_enqueue_many(specs=specs)
     assert [t.payload["n"] for t in _claim(limit=30)] == list(range(30))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # NOTIFY is delivered on commit, to another connection
+def test_insert_trigger__notifies_each_queue_once_per_statement():
+    settings_dict = connection.settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    ) as listener:
+        listener.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+        task_enqueue_many(specs=[TaskSpec(type="noop", queue=q) for q in ["a", "b", "a", "a"]])
+        with connection.cursor() as cursor:  # any INSERT, not only the service's
+            cursor.execute(
+                "INSERT INTO tasks_task (id, type, payload, status, queue, priority, attempts, max_attempts,"
+                " run_after, created_at, updated_at, error, errors, cancel_requested)"
+                " VALUES (gen_random_uuid(), 'noop', '{}', 'pending', 'raw', 0, 0, 3, now(), now(), now(), '', '[]',"
+                " false)"
+            )
+        received = [n.payload for n in listener.notifies(timeout=1.0)]
+    assert sorted(received) == ["a", "b", "raw"]
