@@ -714,14 +714,13 @@ def test_health__ok_with_env_and_database(api):
     assert response.json() == {"status": "ok", "env": django_settings.ENV, "database": "ok"}
 
 
-def test_health__503_when_the_database_cannot_be_reached():
-    # Another process: this one's connection settings point at the working test database.
-    script = (
-        "import django, json; django.setup(); from django.test import Client; "
-        "r = Client().get('/health'); print(r.status_code, json.dumps(r.json()))"
-    )
+def _last_line_without_database(script: str) -> str:
+    """Run `script` in another process whose DB_DSN names a port where no database listens.
+
+    Another process, because this one's connection settings point at the working test database.
+    """
     result = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", "import django, json; django.setup(); from django.test import Client; " + script],
         cwd=Path(__file__).resolve().parent.parent,
         env={
             "PATH": os.environ["PATH"],
@@ -733,36 +732,25 @@ def test_health__503_when_the_database_cannot_be_reached():
         text=True,
         timeout=60,
     )
-
     assert result.returncode == 0, result.stderr
-    status, body = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_health__503_when_the_database_cannot_be_reached():
+    line = _last_line_without_database("r = Client().get('/health'); print(r.status_code, json.dumps(r.json()))")
+
+    status, body = line.split(" ", 1)
     assert status == "503"
     assert json.loads(body) == {"status": "unavailable", "env": "development", "database": "unavailable"}
 
 
 def test_api__503_json_while_the_database_is_away():
-    # Another process, pointed at a port where no database listens.
-    script = (
-        "import django, json; django.setup(); from django.test import Client; c = Client(); "
-        "r = c.post('/tasks', {'type': 'noop'}, content_type='application/json'); "
+    line = _last_line_without_database(
+        "c = Client(); r = c.post('/tasks', {'type': 'noop'}, content_type='application/json'); "
         "g = c.get('/tasks'); print(r.status_code, g.status_code, r['Retry-After'], json.dumps(r.json()))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=Path(__file__).resolve().parent.parent,
-        env={
-            "PATH": os.environ["PATH"],
-            "DJANGO_SETTINGS_MODULE": "taskflow_project.settings",
-            "DB_DSN": "postgres://nobody@127.0.0.1:9/nowhere",  # port 9 (discard): nothing listens
-            "LOG_LEVEL": "ERROR",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
-    assert result.returncode == 0, result.stderr
-    post_status, get_status, retry_after, body = result.stdout.strip().splitlines()[-1].split(" ", 3)
+    post_status, get_status, retry_after, body = line.split(" ", 3)
     assert (post_status, get_status, retry_after) == ("503", "503", "1")
     assert json.loads(body) == {"error": "database unavailable; retry shortly"}
 
