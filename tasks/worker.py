@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -41,6 +42,7 @@ DB_BACKOFF_INITIAL_SECONDS = 0.1
 DB_BACKOFF_MAX_SECONDS = 5.0
 LISTEN_TIMEOUT_SECONDS = 0.25  # how often the idle listener checks whether to stop
 THREAD_EXIT_WAIT_SECONDS = LISTEN_TIMEOUT_SECONDS + 1.0
+SIGNAL_CHECK_SECONDS = 0.05  # how soon a SIGTERM or SIGINT is acted on
 # Outcomes are written in batches: the recorder lets a few more arrive before it writes,
 # unless this many are already waiting.
 RECORD_LINGER_SECONDS = 0.002
@@ -108,6 +110,8 @@ class WorkerPool:
         self._notified = False
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
+        self._finished = threading.Event()
+        self._signals: collections.deque[int] = collections.deque()
         self._threads: list[threading.Thread] = []
         self.processed_count = 0
         self.failed_count = 0
@@ -125,8 +129,32 @@ class WorkerPool:
             self._stop_now.set()
         self._wake.set()
 
+    def signal_received(self, signum: int) -> None:
+        """Safe to call from a signal handler: the first signal drains, a second stops at once.
+
+        A handler runs on the main thread between any two bytecodes, possibly while that
+        thread holds the log's or an Event's lock; so it only appends here (no lock), and the
+        signal-watcher thread logs and stops.
+        """
+        self._signals.append(signum)
+
+    def _watch_signals(self) -> None:
+        while not self._finished.wait(SIGNAL_CHECK_SECONDS):
+            while self._signals:
+                signum = self._signals.popleft()
+                immediately = self._stopping.is_set()
+                self.log.info("signal_received", signal=signal.Signals(signum).name, immediately=immediately)
+                self.stop(immediately=immediately)
+
     def run(self) -> None:
-        self._with_db_retry(self._register, "register")
+        self._spawn(self._watch_signals, "taskflow-signals")
+        try:
+            # Waits for the database if it is not up yet; one signal is enough to give up.
+            self._with_db_retry(self._register, "register", until=self._stopping)
+        except DB_OUTAGE_ERRORS:
+            self._finished.set()
+            self.log.warning("worker_stopped", processed=0, failed=0, released_running=0, registered=False)
+            return
         self.log.info(
             "worker_started",
             concurrency=self.concurrency,
@@ -152,6 +180,7 @@ class WorkerPool:
         finally:
             self._stopping.set()
             self._stop_now.set()
+            self._finished.set()
             for _ in range(self.concurrency):
                 self._todo.put(None)
             _drop_connection()
@@ -260,34 +289,43 @@ class WorkerPool:
             _drop_connection()
 
     def _flush_outcomes(self) -> None:
-        """Record finished tasks: successes in one statement, failures one by one."""
+        """Record finished tasks: successes in one statement, then failures one by one."""
         batch: list[Success | Failure] = []
         while self._outcomes:
             batch.append(self._outcomes.popleft())
-        if not batch:
-            return
+        successes = [o for o in batch if isinstance(o, Success)]
+        failures = [o for o in batch if isinstance(o, Failure)]
+        unrecorded: list[Success | Failure] = [*successes, *failures]
         try:
-            self._record(batch)
+            self._record_successes(successes)
+            for index, failure in enumerate(failures):
+                unrecorded = list(failures[index:])
+                self._record_failure(failure)
+            unrecorded = []
         except DB_OUTAGE_ERRORS:
-            # Not committed (a failure recorded already is fenced on the retry): keep them.
-            self._outcomes.extendleft(reversed(batch))
+            # Not committed: keep them for the next try.
+            self._outcomes.extendleft(reversed(unrecorded))
             raise
         except Exception:
             # A value the database refuses, or a bug: one bad outcome must not hold up the rest.
-            self.log.exception("outcome_batch_failed", count=len(batch))
-            for index, outcome in enumerate(batch):
+            self.log.exception("outcome_batch_failed", count=len(unrecorded))
+            for index, outcome in enumerate(unrecorded):
                 try:
-                    self._record([outcome])
+                    if isinstance(outcome, Success):
+                        self._record_successes([outcome])
+                    else:
+                        self._record_failure(outcome)
                 except DB_OUTAGE_ERRORS:
-                    self._outcomes.extendleft(reversed(batch[index:]))
+                    self._outcomes.extendleft(reversed(unrecorded[index:]))
                     raise
                 except Exception:
                     # Its lease is no longer renewed: it expires, and the task runs again.
                     self.log.exception("outcome_not_recorded", task_id=str(outcome.task.id), type=outcome.task.type)
                     self._forget(outcome.task)
 
-    def _record(self, batch: list[Success | Failure]) -> None:
-        successes = [o for o in batch if isinstance(o, Success)]
+    def _record_successes(self, successes: list[Success]) -> None:
+        if not successes:
+            return
         completed = task_queue.complete_tasks(worker_id=self.worker_id, successes=successes)
         for success in successes:
             self._forget(success.task)
@@ -304,8 +342,6 @@ class WorkerPool:
                 )
             else:
                 self._log_fenced(task)
-        for failure in (o for o in batch if isinstance(o, Failure)):
-            self._record_failure(failure)
 
     def _record_failure(self, failure: Failure) -> None:
         task = failure.task
@@ -356,18 +392,20 @@ class WorkerPool:
         _drop_connection()
         interrupt.wait(backoff)
 
-    def _with_db_retry(self, action: Callable[[], object], what: str) -> None:
+    def _with_db_retry(self, action: Callable[[], object], what: str, *, until: threading.Event | None = None) -> None:
+        """Run `action`, retrying through database outages; give up (re-raise) once `until` is set."""
+        until = until or self._stop_now
         backoff = DB_BACKOFF_INITIAL_SECONDS
         while True:
             try:
                 action()
                 return
             except DB_OUTAGE_ERRORS as exc:
-                if self._stop_now.is_set():
+                if until.is_set():
                     raise
                 self.log.warning("database_unavailable", during=what, error=str(exc).strip()[:500])
                 _drop_connection()
-                self._stop_now.wait(backoff)
+                until.wait(backoff)
                 backoff = min(backoff * 2, DB_BACKOFF_MAX_SECONDS)
 
     # Handler threads -------------------------------------------------------------------

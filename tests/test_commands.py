@@ -1,4 +1,7 @@
 import datetime
+import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -48,3 +51,25 @@ def test_runworkers__rejects_bad_options(args, message):
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_runworkers__waits_for_an_absent_database_and_stops_on_one_signal():
+    env = {
+        "PATH": os.environ["PATH"],
+        "DB_DSN": "postgres://nobody@127.0.0.1:9/nowhere",  # port 9 (discard): nothing listens
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runworkers"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())  # it keeps trying, and says so
+        assert (first["event"], first["during"]) == ("database_unavailable", "register")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert '"registered":false' in process.stdout.read()
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -56,10 +56,7 @@ class Command(BaseCommand):
         )
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            # The first signal drains gracefully; a second one stops without waiting.
-            immediately = pool.stopping
-            pool.log.info("signal_received", signal=signal.Signals(signum).name, immediately=immediately)
-            pool.stop(immediately=immediately)
+            pool.signal_received(signum)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
