@@ -191,10 +191,10 @@ def error_entry(*, attempt: int, exc_type: str, message: str, traceback: str, wo
     }
 
 
-def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], permanent: bool) -> TaskStatus | None:
+def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], permanent: bool) -> Task | None:
     """Record a failed attempt: back to `pending` after a backoff, or `failed` when out of attempts.
 
-    Returns the new status, or None when the lease was lost (fenced: nothing written).
+    Returns the row as written, or None when the lease was lost (fenced: nothing written).
     """
     with transaction.atomic():
         row = (
@@ -210,7 +210,7 @@ def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], 
         if row is None:
             return None
         _apply_failure(row, entry, permanent=permanent)
-        return TaskStatus(row.status)
+        return row
 
 
 def _apply_failure(row: Task, entry: dict[str, Any], *, permanent: bool) -> None:

@@ -11,6 +11,7 @@ dispatcher on NOTIFY.
 import collections
 import contextlib
 import json
+import math
 import os
 import queue
 import secrets
@@ -108,6 +109,8 @@ class WorkerPool:
         self._outcome_ready = threading.Event()  # the recorder
         self._stop_recording = threading.Event()
         self._notified = False
+        # When the earliest retry this worker scheduled becomes due (time.monotonic()).
+        self._retry_due = math.inf
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
         self._finished = threading.Event()
@@ -236,6 +239,9 @@ class WorkerPool:
         backoff = DB_BACKOFF_INITIAL_SECONDS
         while not self._stopping.is_set():
             self._wake.clear()
+            if self._retry_due <= time.monotonic():
+                self._retry_due = math.inf
+                next_poll = 0.0
             free = self._claim_size()
             if free > 0 and (self._notified or time.monotonic() >= next_poll):
                 self._notified = False
@@ -249,7 +255,8 @@ class WorkerPool:
                 if len(claimed) < free:
                     # Drained: wait for a NOTIFY or the next poll rather than asking again.
                     next_poll = time.monotonic() + self.poll_interval_seconds
-            self._wake.wait(timeout=max(0.0, next_poll - time.monotonic()) or self.poll_interval_seconds)
+            wake_at = min(next_poll, self._retry_due)
+            self._wake.wait(timeout=max(0.0, wake_at - time.monotonic()) or self.poll_interval_seconds)
 
     def _claim(self, limit: int) -> list[ClaimedTask]:
         claimed = task_queue.claim_ready_tasks(
@@ -352,16 +359,22 @@ class WorkerPool:
             traceback=failure.traceback,
             worker_id=self.worker_id,
         )
-        status = task_queue.record_failure(
+        row = task_queue.record_failure(
             worker_id=self.worker_id,
             task=task,
             entry=entry,
             permanent=failure.permanent,
         )
         self._forget(task)
-        if status is None:
+        if row is None:
             self._log_fenced(task)
             return
+        status = row.status
+        if status == TaskStatus.PENDING:
+            # Claim it again when its backoff ends, not at the next poll, which may be later.
+            due = time.monotonic() + (row.run_after - timezone.now()).total_seconds()
+            self._retry_due = min(self._retry_due, due)
+            self._wake.set()
         self.failed_count += 1
         self.log.warning(
             "task_failed" if status == TaskStatus.FAILED else "task_retry_scheduled",

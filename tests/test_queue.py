@@ -158,7 +158,9 @@ def test_record_failure__retries_with_backoff_then_fails(settings):
     task_enqueue(type="noop", max_attempts=2)
     [first] = _claim()
     before = timezone.now()
-    assert queue.record_failure(worker_id=WORKER_A, task=first, entry=_entry(first), permanent=False) == "pending"
+    assert (
+        queue.record_failure(worker_id=WORKER_A, task=first, entry=_entry(first), permanent=False).status == "pending"
+    )
     task = Task.objects.get(id=first.id)
     # Attempt 1 waits between half and all of base * 2**0 = 10 s.
     assert before + datetime.timedelta(seconds=5) <= task.run_after <= timezone.now() + datetime.timedelta(seconds=10)
@@ -166,7 +168,9 @@ def test_record_failure__retries_with_backoff_then_fails(settings):
 
     Task.objects.filter(id=first.id).update(run_after=timezone.now())
     [second] = _claim()
-    assert queue.record_failure(worker_id=WORKER_A, task=second, entry=_entry(second), permanent=False) == "failed"
+    assert (
+        queue.record_failure(worker_id=WORKER_A, task=second, entry=_entry(second), permanent=False).status == "failed"
+    )
     task.refresh_from_db()
     assert task.status == TaskStatus.FAILED
     assert [e["attempt"] for e in task.errors] == [1, 2]
@@ -177,7 +181,9 @@ def test_record_failure__retries_with_backoff_then_fails(settings):
 def test_record_failure__permanent_error_fails_at_once():
     task_enqueue(type="noop", max_attempts=5)
     [claimed] = _claim()
-    assert queue.record_failure(worker_id=WORKER_A, task=claimed, entry=_entry(claimed), permanent=True) == "failed"
+    assert (
+        queue.record_failure(worker_id=WORKER_A, task=claimed, entry=_entry(claimed), permanent=True).status == "failed"
+    )
     assert Task.objects.get(id=claimed.id).attempts == 1
 
 

@@ -65,6 +65,14 @@ def test_pool__flaky_handler_succeeds_on_third_attempt_with_two_errors(worker_po
     assert all("Traceback" in e["traceback"] and "flaky" in e["traceback"] for e in task.errors)
 
 
+def test_pool__retry_runs_when_its_backoff_ends_not_at_the_next_poll(worker_pool, fast_retries):
+    task = task_enqueue(type="flaky", payload={"key": "pool-flaky-soon", "failures": 2}, max_attempts=3)
+    worker_pool(poll_interval_seconds=60)  # the first claim polls at once; the retries must not wait for the next
+    wait_until(lambda: _status(task) == TaskStatus.DONE, timeout=5)
+    task.refresh_from_db()
+    assert task.attempts == 3
+
+
 def test_pool__always_failing_handler_ends_failed_after_max_attempts(worker_pool, fast_retries):
     task = task_enqueue(type="flaky", payload={"key": "pool-flaky-never", "failures": 99}, max_attempts=4)
     worker_pool()
