@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from tasks import queue as task_queue
 from tasks.handlers import PermanentError, TaskContext, _current_task, registry
-from tasks.models import TaskStatus, Worker
+from tasks.models import Task, TaskStatus, Worker
 from tasks.queue import ClaimedTask, Success
 
 log = structlog.get_logger("tasks.worker")
@@ -44,6 +44,7 @@ DB_BACKOFF_MAX_SECONDS = 5.0
 LISTEN_TIMEOUT_SECONDS = 0.25  # how often the idle listener checks whether to stop
 THREAD_EXIT_WAIT_SECONDS = LISTEN_TIMEOUT_SECONDS + 1.0
 SIGNAL_CHECK_SECONDS = 0.05  # how soon a SIGTERM or SIGINT is acted on
+RECOVERY_BATCHES_PER_BEAT = 10  # of queue.LEASE_RECOVERY_BATCH tasks: a lost host's backlog in one beat
 # Outcomes are written in batches: the recorder lets a few more arrive before it writes,
 # unless this many are already waiting.
 RECORD_LINGER_SECONDS = 0.002
@@ -499,6 +500,10 @@ class WorkerPool:
             except DB_OUTAGE_ERRORS as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).strip()[:500])
                 _drop_connection()
+            except Exception:
+                # Never let the heartbeat die: without it this worker's leases lapse while
+                # its tasks still run, and other workers would start them a second time.
+                self.log.exception("heartbeat_failed")
             finally:
                 close_old_connections()
 
@@ -511,7 +516,13 @@ class WorkerPool:
             processed_count=self.processed_count,
             failed_count=self.failed_count,
         )
-        for task in task_queue.recover_expired_leases():
+        recovered: list[Task] = []
+        for _ in range(RECOVERY_BATCHES_PER_BEAT):
+            batch = task_queue.recover_expired_leases()
+            recovered.extend(batch)
+            if len(batch) < task_queue.LEASE_RECOVERY_BATCH:
+                break
+        for task in recovered:
             self.log.warning(
                 "task_lease_expired",
                 task_id=str(task.id),
