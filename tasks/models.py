@@ -2,11 +2,9 @@
 
 import datetime
 import uuid
-from typing import Any
 
 from django.db import models
 from django.db.models import F, Q
-from django.db.models.functions import Now
 from django.utils import timezone
 
 TYPE_MAX_LENGTH = 50  # characters, as the seed's VARCHAR(50)
@@ -158,8 +156,3 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname}:{self.pid}"
-
-
-def touch(fields: dict[str, Any]) -> dict[str, Any]:
-    """Add updated_at to a dict of column updates."""
-    return {**fields, "updated_at": Now()}

@@ -184,11 +184,15 @@ def error_entry(*, attempt: int, exc_type: str, message: str, traceback: str, wo
         "attempt": attempt,
         "at": timezone.now().isoformat().replace("+00:00", "Z"),
         "type": exc_type,
-        # PostgreSQL's jsonb cannot hold NUL characters.
-        "message": message.replace("\x00", "\\x00"),
-        "traceback": traceback.replace("\x00", "\\x00"),
+        "message": _storable_text(message),
+        "traceback": _storable_text(traceback),
         "worker_id": worker_id,
     }
+
+
+def _storable_text(text: str) -> str:
+    """PostgreSQL cannot store NUL characters nor lone surrogates: escape them."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], permanent: bool) -> Task | None:
@@ -213,7 +217,7 @@ def record_failure(*, worker_id: str, task: ClaimedTask, entry: dict[str, Any], 
         return row
 
 
-def _apply_failure(row: Task, entry: dict[str, Any], *, permanent: bool) -> None:
+def _apply_failure(row: Task, entry: dict[str, Any], *, permanent: bool, retry_now: bool = False) -> None:
     now = timezone.now()
     row.errors = [*row.errors, entry]
     row.error = f"{entry['type']}: {entry['message']}"
@@ -224,7 +228,7 @@ def _apply_failure(row: Task, entry: dict[str, Any], *, permanent: bool) -> None
         row.finished_at = now
     else:
         row.status = TaskStatus.PENDING
-        row.run_after = now + retry_delay(row.attempts)
+        row.run_after = now if retry_now else now + retry_delay(row.attempts)
     row.save(
         update_fields=[
             "errors",
@@ -266,11 +270,8 @@ def recover_expired_leases(*, limit: int = LEASE_RECOVERY_BATCH) -> list[Task]:
                 traceback="",
                 worker_id=row.worker_id,
             )
-            _apply_failure(row, entry, permanent=False)
-            if row.status == TaskStatus.PENDING:
-                # The attempt was lost, not failed by the handler: try again straight away.
-                row.run_after = row.updated_at
-                row.save(update_fields=["run_after"])
+            # The attempt was lost, not failed by the handler: try again straight away.
+            _apply_failure(row, entry, permanent=False, retry_now=True)
         notify_ready(row.queue for row in rows if row.status == TaskStatus.PENDING)
     return rows
 
@@ -281,7 +282,12 @@ def release_tasks(*, worker_id: str, task_ids: Iterable[uuid.UUID]) -> int:
     if not ids:
         return 0
     now = timezone.now()
-    released = Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING).update(
+    held = Task.objects.filter(id__in=ids, worker_id=worker_id, status=TaskStatus.RUNNING)
+    # An operator asked to cancel it meanwhile: honour that rather than hand it to another worker.
+    cancelled = held.filter(cancel_requested=True).update(
+        status=TaskStatus.CANCELLED, attempts=F("attempts") - 1, lease_expires_at=None, finished_at=now, updated_at=now
+    )
+    released = held.update(
         status=TaskStatus.PENDING,
         attempts=F("attempts") - 1,
         lease_expires_at=None,
@@ -290,8 +296,8 @@ def release_tasks(*, worker_id: str, task_ids: Iterable[uuid.UUID]) -> int:
     )
     if released:
         # Other workers may be idle: they take these now rather than at their next poll.
-        notify_ready(Task.objects.filter(id__in=ids).values_list("queue", flat=True).distinct())
-    return released
+        notify_ready(Task.objects.filter(id__in=ids).order_by().values_list("queue", flat=True).distinct())
+    return released + cancelled
 
 
 def notify_ready(queues: Iterable[str]) -> None:

@@ -102,8 +102,10 @@ class WorkerPool:
         self._outcomes: collections.deque[Success | Failure] = collections.deque()
         # Claimed and not yet recorded, by id: the tasks whose leases the heartbeat renews.
         self._held: dict[uuid.UUID, ClaimedTask] = {}
-        self._waiting: set[uuid.UUID] = set()  # held, not yet picked up by a handler thread
-        self._started: set[uuid.UUID] = set()  # held, handler running now
+        # By (id, attempt): after a lost lease this worker may claim the same task again
+        # while its earlier attempt is still running.
+        self._waiting: set[tuple[uuid.UUID, int]] = set()  # held, not yet picked up by a handler thread
+        self._started: set[tuple[uuid.UUID, int]] = set()  # held, handler running now
         self._closed = False  # set at the end of shutdown: outcomes are no longer taken
         self._held_lock = threading.Lock()
         self._wake = threading.Event()  # the dispatcher: capacity freed, NOTIFY, or stop
@@ -266,7 +268,7 @@ class WorkerPool:
         with self._held_lock:
             for task in claimed:
                 self._held[task.id] = task
-                self._waiting.add(task.id)
+                self._waiting.add(_key(task))
         for task in claimed:
             self._todo.put(task)
         return claimed
@@ -399,7 +401,8 @@ class WorkerPool:
 
     def _forget(self, task: ClaimedTask) -> None:
         with self._held_lock:
-            self._held.pop(task.id, None)
+            if self._held.get(task.id) is task:  # not a later attempt of the same task
+                del self._held[task.id]
 
     def _database_unavailable(self, exc: BaseException, backoff: float, interrupt: threading.Event) -> None:
         self.log.warning("database_unavailable", error=str(exc).strip()[:500], retry_in_seconds=backoff)
@@ -433,10 +436,10 @@ class WorkerPool:
     def _run_handlers(self) -> None:
         while (task := self._todo.get()) is not None:
             with self._held_lock:
-                if self._stopping.is_set() or task.id not in self._waiting:
+                if self._stopping.is_set() or _key(task) not in self._waiting:
                     continue  # not started: _shut_down hands it back
-                self._waiting.discard(task.id)
-                self._started.add(task.id)
+                self._waiting.discard(_key(task))
+                self._started.add(_key(task))
             self.log.info("task_started", task_id=str(task.id), type=task.type, queue=task.queue, attempt=task.attempt)
             outcome = self._run_handler(task)
             seconds, mean = outcome.duration_ms / 1000, self._mean_task_seconds
@@ -444,7 +447,7 @@ class WorkerPool:
             # A handler that used the ORM leaves this thread a connection: drop it if broken or old.
             close_old_connections()
             with self._held_lock:
-                self._started.discard(task.id)
+                self._started.discard(_key(task))
                 if self._closed:
                     continue  # past the grace period: _shut_down has handed the task back
                 self._outcomes.append(outcome)
@@ -473,13 +476,15 @@ class WorkerPool:
             except (TypeError, ValueError) as exc:
                 raise PermanentError(f"handler returned a value JSON cannot hold: {exc}") from None
             return Success(task=task, result_json=result_json, duration_ms=_ms_since(started))
-        except Exception as exc:  # noqa: BLE001 - any handler error is the task's outcome
+        except BaseException as exc:  # noqa: BLE001 - any handler error is the task's outcome
+            # SystemExit too (sys.exit() in a handler): escaping, it would silently end this
+            # thread and leave the task running, its lease renewed for ever.
             return Failure(
                 task=task,
                 exc_type=type(exc).__name__,
                 message=str(exc),
                 traceback=traceback.format_exc(),
-                permanent=isinstance(exc, PermanentError),
+                permanent=isinstance(exc, PermanentError) or not isinstance(exc, Exception),
                 duration_ms=_ms_since(started),
             )
         finally:
@@ -567,10 +572,11 @@ class WorkerPool:
 
     def _shut_down(self, recorder: threading.Thread) -> None:
         """Let running tasks finish within the grace period, then hand back what is left."""
+        self._stopping.set()  # also on the crash path: no handler may start a task from here on
         self.log.info("worker_stopping", grace_seconds=self.grace_seconds, in_flight=len(self._held))
         deadline = time.monotonic() + self.grace_seconds
         with self._held_lock:
-            never_started = list(self._waiting)
+            never_started = [task for task in self._held.values() if _key(task) in self._waiting]
         self._release(never_started, started=False)
         while not self._stop_now.is_set() and time.monotonic() < deadline:
             with self._held_lock:
@@ -589,17 +595,15 @@ class WorkerPool:
         with contextlib.suppress(*DB_OUTAGE_ERRORS):
             self._flush_outcomes()
         with self._held_lock:
-            still_held = list(self._held)  # running past the grace period, or not recorded
+            still_held = list(self._held.values())  # running past the grace period, or not recorded
         released = self._release(still_held, started=True)
-        self._with_db_retry(
-            lambda: Worker.objects.filter(id=self.worker_id).update(
+        with contextlib.suppress(*DB_OUTAGE_ERRORS):  # the database is away: the row shows a stale heartbeat
+            Worker.objects.filter(id=self.worker_id).update(
                 stopped_at=timezone.now(),
                 last_heartbeat_at=timezone.now(),
                 processed_count=self.processed_count,
                 failed_count=self.failed_count,
-            ),
-            "unregister",
-        )
+            )
         self.log.info(
             "worker_stopped",
             processed=self.processed_count,
@@ -607,10 +611,11 @@ class WorkerPool:
             released_running=released,
         )
 
-    def _release(self, ids: list[uuid.UUID], *, started: bool) -> int:
+    def _release(self, tasks: list[ClaimedTask], *, started: bool) -> int:
         """Hand tasks back to `pending`, attempt uncounted; fenced, so recorded ones stay as they are."""
-        if not ids:
+        if not tasks:
             return 0
+        ids = [task.id for task in tasks]
         count = 0
 
         def release() -> None:
@@ -619,12 +624,11 @@ class WorkerPool:
 
         with contextlib.suppress(*DB_OUTAGE_ERRORS):  # if the database is away, the leases expire instead
             self._with_db_retry(release, "release")
-        with self._held_lock:
-            for task_id in ids:
-                self._held.pop(task_id, None)
-                self._waiting.discard(task_id)
-        for task_id in ids:
-            self.log.info("task_released", task_id=str(task_id), started=started)
+        for task in tasks:
+            self._forget(task)
+            with self._held_lock:
+                self._waiting.discard(_key(task))
+            self.log.info("task_released", task_id=str(task.id), started=started)
         return count
 
 
@@ -632,10 +636,15 @@ def _encode_result(result: Any) -> str | None:
     """The result as JSON text that both databases store: no NaN or infinities, no NUL characters."""
     if result is None:
         return None
-    text = json.dumps(result, allow_nan=False)
+    text = json.dumps(result, allow_nan=False, ensure_ascii=False)
     if "\\u0000" in text:
         raise ValueError("NUL characters cannot be stored")
+    text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
     return text
+
+
+def _key(task: ClaimedTask) -> tuple[uuid.UUID, int]:
+    return (task.id, task.attempt)
 
 
 def _drop_connection() -> None:

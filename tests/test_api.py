@@ -321,6 +321,11 @@ BAD_BODIES = [
     pytest.param('{"type": "noop", "payload": null}', "payload", id="payload-null"),
     pytest.param('{"type": "noop", "payload": {"a": "x\\u0000y"}}', "u0000", id="payload-nul-in-value"),
     pytest.param('{"type": "noop", "payload": {"x\\u0000": 1}}', "u0000", id="payload-nul-in-key"),
+    pytest.param('{"type": "noop", "payload": {"a": "\\ud800"}}', "surrogates", id="payload-lone-surrogate"),
+    pytest.param('{"type": "noop", "payload": {"\\udfff": 1}}', "surrogates", id="payload-lone-surrogate-key"),
+    pytest.param(
+        '{"type": "noop", "payload": {"a": ' + "[" * 150 + "]" * 150 + "}}", "nested deeper", id="payload-too-deep"
+    ),
     pytest.param('{"type": "email", "payload": {}}', "'to'", id="payload-misses-handler-argument"),
     pytest.param(
         '{"type": "webhook", "payload": {"url": "http://example.com", "colour": "red"}}',

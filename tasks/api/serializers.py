@@ -84,9 +84,9 @@ class TaskCreateSerializer(serializers.Serializer[TaskSpec]):
     def validate_payload(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise serializers.ValidationError("payload must be a JSON object")
-        if _holds_nul(value):
-            # PostgreSQL's jsonb cannot store U+0000; SQLite could, but one contract for both.
-            raise serializers.ValidationError("payload strings and keys cannot contain \\u0000")
+        problem = unstorable_json(value)
+        if problem:
+            raise serializers.ValidationError(f"payload cannot be stored: {problem}")
         return value
 
     def validate_queue(self, value: str) -> str:
@@ -121,21 +121,35 @@ class TaskCreateSerializer(serializers.Serializer[TaskSpec]):
         )
 
 
-def _holds_nul(value: Any) -> bool:
-    """True if any string or key inside a parsed JSON value contains U+0000."""
-    # Iterative: a body may nest deeper than Python's recursion limit (orjson allows 1024).
-    stack = [value]
+MAX_PAYLOAD_DEPTH = 100  # nesting levels; SQLite's JSON functions refuse deeper documents
+
+
+def unstorable_json(value: Any) -> str | None:
+    """Why both databases could not store this parsed JSON value, or None if they can.
+
+    PostgreSQL's jsonb cannot hold U+0000 nor lone surrogates (not UTF-8); SQLite's JSON
+    check refuses very deep nesting. One contract for both databases.
+    """
+    # Iterative: a body may nest deeper than Python's recursion limit.
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            return f"nested deeper than {MAX_PAYLOAD_DEPTH} levels"
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return "strings and keys cannot contain \\u0000"
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "strings and keys cannot contain lone surrogates (\\ud800-\\udfff)"
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def max_batch() -> int:
