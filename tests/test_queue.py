@@ -260,3 +260,14 @@ def test_insert_trigger__notifies_each_queue_once_per_statement():
             )
         received = [n.payload for n in listener.notifies(timeout=1.0)]
     assert sorted(received) == ["a", "b", "raw"]
+
+
+@pytest.mark.django_db
+def test_release_tasks__a_cancel_requested_meanwhile_ends_cancelled():
+    task_enqueue(type="noop")
+    [claimed] = _claim()
+    Task.objects.filter(id=claimed.id).update(cancel_requested=True)
+    assert queue.release_tasks(worker_id=WORKER_A, task_ids=[claimed.id]) == 1
+    task = Task.objects.get(id=claimed.id)
+    assert (task.status, task.attempts) == (TaskStatus.CANCELLED, 0)
+    assert task.finished_at is not None

@@ -1,6 +1,7 @@
 """The worker pool in this process: real threads, real transactions, real handlers."""
 
 import datetime
+import uuid
 
 import pytest
 from django.core import mail
@@ -8,7 +9,9 @@ from django.utils import timezone
 
 from tasks.handlers import PermanentError, current_task, registry
 from tasks.models import Task, TaskStatus, Worker
+from tasks.queue import ClaimedTask
 from tasks.services import task_cancel, task_enqueue
+from tasks.worker import WorkerPool
 from tests.conftest import wait_until
 from tests.handlers import side_effects
 
@@ -126,7 +129,7 @@ def test_pool__result_json_cannot_hold_fails_the_task(worker_pool, temporary_han
     assert "JSON cannot hold" in task.error
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "nul\x00char", {"k": ["\x00"]}])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "nul\x00char", {"k": ["\x00"]}, "lone \ud800"])
 def test_pool__result_the_database_cannot_store_fails_the_task_alone(worker_pool, temporary_handler, bad):
     temporary_handler("returns_bad", lambda: bad)
     bad_task = task_enqueue(type="returns_bad", max_attempts=3)
@@ -149,6 +152,33 @@ def test_pool__error_message_with_nul_is_recorded(worker_pool, temporary_handler
     _wait_finished(task)
     task.refresh_from_db()
     assert (task.status, task.error) == (TaskStatus.FAILED, "PermanentError: bad\\x00byte")
+
+
+def test_pool__error_message_with_lone_surrogate_is_recorded(worker_pool, temporary_handler):
+    def fails_with_surrogate():
+        raise PermanentError("bad \udcff name")
+
+    temporary_handler("fails_with_surrogate", fails_with_surrogate)
+    task = task_enqueue(type="fails_with_surrogate")
+    worker_pool()
+    _wait_finished(task)
+    task.refresh_from_db()
+    assert (task.status, task.error) == (TaskStatus.FAILED, "PermanentError: bad \\udcff name")
+
+
+def test_pool__sys_exit_in_a_handler_fails_the_task_and_the_thread_carries_on(worker_pool, temporary_handler):
+    def exits():
+        raise SystemExit(3)
+
+    temporary_handler("exits", exits)
+    task = task_enqueue(type="exits", max_attempts=3)
+    worker_pool(concurrency=1)
+    _wait_finished(task)
+    later = task_enqueue(type="noop")
+    _wait_finished(later)
+    task.refresh_from_db()
+    assert (task.status, task.attempts, task.error) == (TaskStatus.FAILED, 1, "SystemExit: 3")
+    assert _status(later) == TaskStatus.DONE
 
 
 def test_pool__big_integers_survive_payload_and_result_exactly(worker_pool, temporary_handler):
@@ -251,3 +281,16 @@ def test_pool__stop_hands_back_claimed_but_unstarted_tasks(worker_pool):
     assert set(Task.objects.filter(id__in=[t.id for t in waiting]).values_list("status", "attempts")) == {
         (TaskStatus.PENDING, 0)
     }
+
+
+def test_pool__an_older_attempt_finishing_keeps_the_newer_attempts_lease():
+    # After a lost lease a worker may claim its own task again while the older attempt still
+    # runs; recording (and fencing) the older one must not stop renewing the newer one's lease.
+    pool = WorkerPool(concurrency=1)
+    first = ClaimedTask(id=uuid.uuid4(), type="noop", payload={}, attempt=1, max_attempts=3, queue="default")
+    second = ClaimedTask(id=first.id, type="noop", payload={}, attempt=2, max_attempts=3, queue="default")
+    pool._held[first.id] = second
+    pool._forget(first)
+    assert pool._held == {first.id: second}
+    pool._forget(second)
+    assert pool._held == {}
