@@ -142,28 +142,23 @@ def test_pool__result_the_database_cannot_store_fails_the_task_alone(worker_pool
     assert {_status(t) for t in good} == {TaskStatus.DONE}
 
 
-def test_pool__error_message_with_nul_is_recorded(worker_pool, temporary_handler):
-    def fails_with_nul():
-        raise PermanentError("bad\x00byte")
+@pytest.mark.parametrize(
+    ("message", "recorded"),
+    [("bad\x00byte", "bad\\x00byte"), ("bad \udcff name", "bad \\udcff name")],
+    ids=["nul", "lone-surrogate"],
+)
+def test_pool__error_message_the_database_cannot_store_is_recorded_escaped(
+    worker_pool, temporary_handler, message, recorded
+):
+    def fails():
+        raise PermanentError(message)
 
-    temporary_handler("fails_with_nul", fails_with_nul)
-    task = task_enqueue(type="fails_with_nul")
+    temporary_handler("fails_oddly", fails)
+    task = task_enqueue(type="fails_oddly")
     worker_pool()
     _wait_finished(task)
     task.refresh_from_db()
-    assert (task.status, task.error) == (TaskStatus.FAILED, "PermanentError: bad\\x00byte")
-
-
-def test_pool__error_message_with_lone_surrogate_is_recorded(worker_pool, temporary_handler):
-    def fails_with_surrogate():
-        raise PermanentError("bad \udcff name")
-
-    temporary_handler("fails_with_surrogate", fails_with_surrogate)
-    task = task_enqueue(type="fails_with_surrogate")
-    worker_pool()
-    _wait_finished(task)
-    task.refresh_from_db()
-    assert (task.status, task.error) == (TaskStatus.FAILED, "PermanentError: bad \\udcff name")
+    assert (task.status, task.error) == (TaskStatus.FAILED, f"PermanentError: {recorded}")
 
 
 def test_pool__sys_exit_in_a_handler_fails_the_task_and_the_thread_carries_on(worker_pool, temporary_handler):
