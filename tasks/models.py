@@ -33,12 +33,6 @@ class TaskQuerySet(models.QuerySet["Task"]):
     def ready(self) -> "TaskQuerySet":
         return self.filter(status=TaskStatus.PENDING, run_after__lte=timezone.now())
 
-    def running(self) -> "TaskQuerySet":
-        return self.filter(status=TaskStatus.RUNNING)
-
-    def finished(self) -> "TaskQuerySet":
-        return self.filter(status__in=FINISHED_STATUSES)
-
     def lease_expired(self) -> "TaskQuerySet":
         return self.filter(status=TaskStatus.RUNNING, lease_expires_at__lt=timezone.now())
 
